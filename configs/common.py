@@ -1,0 +1,88 @@
+"""Shared pieces of the forecaster configs (big_vision style).
+
+A config file's ``get_config(arg)`` receives the text after the ``:`` of
+``--config configs/vrnn_vox.py:cpu,horizon=12-12`` as one comma-separated string: bare words are
+flags (``cpu`` picks the small variant that trains on a 2-core CPU), ``key=value`` pairs are options
+(``horizon=N-M`` picks one of the paper's horizons).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kpflow.data.windows import parse_horizon
+
+# The papers' horizons per dataset (observed-predicted frames).
+HORIZONS = {
+    "vox": ("6-6", "6-24", "12-12"),
+    "mgif": ("6-6", "6-24", "12-12"),
+    "bair": ("5-5", "5-20", "15-15"),
+    "synthetic": ("6-6", "6-24", "12-12"),
+}
+
+# Speakers held out of training for validation on the shared VoxCeleb keypoints (the others train).
+VOX_HOLDOUT_SPEAKERS = ("id10284", "id10287", "id10289")
+
+
+def parse_arg(arg: str | None, allowed_flags=("cpu",), allowed_keys=("horizon",)) -> tuple[set, dict]:
+    """``"cpu,horizon=12-12"`` -> ({"cpu"}, {"horizon": "12-12"}); unknown words raise ValueError."""
+    flags, opts = set(), {}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            k, v = part.split("=", 1)
+            if k not in allowed_keys:
+                raise ValueError(f"unknown config option {k!r}; options: {', '.join(allowed_keys)}")
+            opts[k] = v
+        elif part in allowed_flags:
+            flags.add(part)
+        else:
+            raise ValueError(f"unknown config flag {part!r}; flags: {', '.join(allowed_flags)}")
+    return flags, opts
+
+
+def base_config(dataset: str, arg: str | None) -> tuple[ml_collections.ConfigDict, set]:
+    """The fields every forecaster config has; the caller fills ``config.model``."""
+    flags, opts = parse_arg(arg)
+    horizon = opts.get("horizon", HORIZONS[dataset][0])
+    if horizon not in HORIZONS[dataset]:
+        # Any N-M is allowed, but say when it is not one of the paper's settings.
+        parse_horizon(horizon)
+    n, m = parse_horizon(horizon)
+
+    c = ml_collections.ConfigDict()
+    c.dataset = dataset
+    c.variant = "cpu" if "cpu" in flags else "paper"
+    c.horizon = horizon  # "N-M"; num_observed / num_predicted below must agree with it
+    c.num_observed = n
+    c.num_predicted = m
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "synthetic" if dataset == "synthetic" else "npz"
+    c.data.dir = ""  # a folder of per-clip .npz keypoints; set with --config.data.dir=PATH
+    c.data.holdout_speakers = list(VOX_HOLDOUT_SPEAKERS) if dataset == "vox" else []
+    c.data.split_file = ""  # optional: clip names (one per line) to hold out instead
+    c.data.val_fraction = 0.2  # used when neither of the above is set
+    c.data.seed = 0
+    c.data.stride = 1  # training windows slide by this many frames
+    c.data.synthetic = ml_collections.ConfigDict(
+        dict(num_clips=24, num_speakers=4, min_frames=80, max_frames=240, num_keypoints=10, seed=0)
+    )
+
+    c.model = ml_collections.ConfigDict()
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.batch_size = 64
+    c.train.num_epochs = 50
+    c.train.steps_per_epoch = 200
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.weight_decay = 0.0
+    c.train.clip_norm = 1.0
+    c.train.val_samples = 32  # samples per validation window for the closed-loop scores
+    c.train.select_metric = "energy_score"  # validation score that picks the best checkpoint
+    c.train.keep_checkpoints = 2
+    return c, flags

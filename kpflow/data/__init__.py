@@ -1,0 +1,31 @@
+"""Keypoint-series data: clip folders, splits, windows and the synthetic default. Imports no model."""
+
+from kpflow.data.clips import (
+    MISSING_DATA_HINT,
+    ClipSet,
+    load_clip,
+    load_folder,
+    save_clip,
+    speaker_of,
+    split_by_fraction,
+    split_by_list,
+    split_by_speaker,
+)
+from kpflow.data.config import load_clips, load_splits
+from kpflow.data.synthetic import synthetic_clips, write_synthetic_folder
+from kpflow.data.windows import (
+    batches,
+    check_long_enough,
+    evaluation_windows,
+    observed_frames_of_windows,
+    parse_horizon,
+    sliding_windows,
+    stack_windows,
+)
+
+__all__ = [
+    "MISSING_DATA_HINT", "ClipSet", "load_clip", "load_folder", "save_clip", "speaker_of",
+    "split_by_fraction", "split_by_list", "split_by_speaker", "synthetic_clips",
+    "write_synthetic_folder", "load_clips", "load_splits", "batches", "check_long_enough", "evaluation_windows",
+    "observed_frames_of_windows", "parse_horizon", "sliding_windows", "stack_windows",
+]

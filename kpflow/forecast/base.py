@@ -1,0 +1,190 @@
+"""The one forecaster interface.
+
+Every forecaster (GRU, VAE, NF, VRNN, GRU-NF and the baselines) is a :class:`Forecaster`: a small
+frozen object wrapping a Flax linen module, with the same pure-functional entry points, so training
+and evaluation code never branch on the model type:
+
+- ``init(rng, batch, scaler) -> variables``: Flax variables; ``variables['scaler']`` holds the causal
+  input scaler (fitted on the training split) so that checkpoints carry it.
+- ``loss(variables, batch [B, N+M, D], rng) -> (scalar, metrics)``.
+- ``loss_and_state(...)``: the same, plus updated mutable collections (batch statistics) for training.
+- ``sample(variables, context [B, N, D], horizon M, rng, num_samples S) -> [S, B, M, D]``: a
+  closed-loop rollout (``lax.scan`` inside the module; from step N on the model sees only its own
+  outputs); the S samples come from ``jax.vmap`` over rng keys.
+- ``teacher_forced(variables, window [B, N+M, D], rng, S) -> [S, B, M, D]`` (recurrent models only):
+  the authors' evaluation protocol, where the ground-truth frame t-1 is fed in before predicting t.
+  It is a one-step-ahead prediction with true inputs, *not* a forecast; it exists only to reproduce
+  the papers' numbers and is labelled ``teacher_forced`` everywhere.
+
+Modules work in scaled units (``CausalScaler.transform``); this wrapper scales inputs and unscales
+outputs, so callers always pass and receive raw keypoint vectors.
+
+A module subclassing :class:`ForecastModule` implements ``loss(x, train)`` and ``sample(context,
+horizon)`` (one sample, drawing from ``self.make_rng('sample')``) and optionally
+``teacher_forced(x)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kpflow.keypoints import CausalScaler
+
+Variables = dict[str, Any]
+
+# Mutable collections a module may update during training (batch statistics of flows).
+MUTABLE_COLLECTIONS = ("batch_stats",)
+
+
+class ForecastModule(nn.Module):
+    """Base class for forecaster modules. Inputs are scaled ``[B, T, D]`` series.
+
+    Attributes:
+      dim: numbers per frame (6K).
+      num_observed: N, the context length the module is trained with.
+      horizon: M, the number of future frames it is trained to predict.
+      step_scale: ``[D]`` std of one-frame increments in scaled units (from the CausalScaler), set
+        by the wrapper; residual modules predict steps in these units.
+    """
+
+    dim: int = 60
+    num_observed: int = 6
+    horizon: int = 6
+
+    # Whether ``teacher_forced`` exists (recurrent models).
+    supports_teacher_forcing = False
+    # Whether ``sample`` accepts a horizon other than the trained one.
+    any_horizon = True
+
+    def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
+        """``x [B, N+M, D]`` scaled -> (scalar, metrics dict)."""
+        raise NotImplementedError
+
+    def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]`` scaled -> one closed-loop sample ``[B, M, D]`` (rng stream 'sample')."""
+        raise NotImplementedError
+
+    def teacher_forced(self, x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``x [B, N+M, D]`` scaled -> ``[B, M, D]``: step t predicted after feeding true frames < t."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent: it has no teacher-forced protocol")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecaster:
+    """A forecaster: a module plus the pure functions of the shared interface (see module doc)."""
+
+    name: str
+    module: ForecastModule
+
+    @property
+    def dim(self) -> int:
+        return self.module.dim
+
+    @property
+    def num_observed(self) -> int:
+        return self.module.num_observed
+
+    @property
+    def horizon(self) -> int:
+        return self.module.horizon
+
+    @property
+    def supports_teacher_forcing(self) -> bool:
+        return type(self.module).supports_teacher_forcing
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def init(self, rng: jax.Array, batch: jnp.ndarray, scaler: CausalScaler | None = None) -> Variables:
+        """Initialise variables from an example ``batch [B, N+M, D]`` (raw units)."""
+        scaler = scaler if scaler is not None else CausalScaler.identity(self.dim)
+        p_rng, s_rng = jax.random.split(rng)
+        x = scaler.transform(jnp.asarray(batch, jnp.float32))
+        variables = self.module.init(
+            {"params": p_rng, "sample": s_rng}, x, scaler.step_scale, train=False, method=type(self.module).loss
+        )
+        variables = dict(variables)
+        variables["scaler"] = {"loc": scaler.loc, "scale": scaler.scale, "step_scale": scaler.step_scale}
+        return variables
+
+    @staticmethod
+    def scaler_of(variables: Variables) -> CausalScaler:
+        return CausalScaler(**variables["scaler"])
+
+    @staticmethod
+    def _module_variables(variables: Variables) -> Variables:
+        return {k: v for k, v in variables.items() if k != "scaler"}
+
+    # -- training -------------------------------------------------------------------------------
+    def loss_and_state(self, variables: Variables, batch: jnp.ndarray, rng: jax.Array, train: bool = True):
+        """-> ``(loss, (metrics, new_state))``; ``new_state`` holds updated mutable collections."""
+        scaler = self.scaler_of(variables)
+        x = scaler.transform(batch)
+        mvars = self._module_variables(variables)
+        mutable = [c for c in MUTABLE_COLLECTIONS if c in mvars] if train else False
+        d_rng, s_rng = jax.random.split(rng)
+        out = self.module.apply(
+            mvars, x, scaler.step_scale, train=train, rngs={"dropout": d_rng, "sample": s_rng},
+            method=type(self.module).loss, mutable=mutable,
+        )
+        if mutable:
+            (loss, metrics), new_state = out
+        else:
+            (loss, metrics), new_state = out, {}
+        return loss, (metrics, dict(new_state))
+
+    def loss(self, variables: Variables, batch: jnp.ndarray, rng: jax.Array, train: bool = True):
+        """``batch [B, N+M, D]`` raw -> ``(scalar, metrics)``."""
+        loss, (metrics, _) = self.loss_and_state(variables, batch, rng, train=train)
+        return loss, metrics
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _vmapped(self, variables: Variables, fn: Callable, inputs: jnp.ndarray, rng: jax.Array, num_samples: int):
+        scaler = self.scaler_of(variables)
+        mvars = self._module_variables(variables)
+        z = scaler.transform(inputs)
+
+        def one(key):
+            return self.module.apply(mvars, z, scaler.step_scale, rngs={"sample": key}, method=fn)
+
+        out = jax.vmap(one)(jax.random.split(rng, num_samples))  # [S, B, M, D]
+        return scaler.inverse(out)
+
+    def sample(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int = 1):
+        """``context [B, N, D]`` raw -> closed-loop samples ``[S, B, M, D]`` raw."""
+        if not type(self.module).any_horizon and horizon != self.horizon:
+            raise ValueError(f"{self.name} forecasts exactly {self.horizon} frames (its trained horizon); got {horizon}")
+        fn = lambda mdl, z, step_scale: mdl.sample(z, horizon, step_scale)  # noqa: E731
+        return self._vmapped(variables, fn, context, rng, num_samples)
+
+    def teacher_forced(self, variables: Variables, window: jnp.ndarray, rng: jax.Array, num_samples: int = 1):
+        """``window [B, N+M, D]`` raw -> ``[S, B, M, D]`` under the authors' teacher-forced protocol."""
+        if not self.supports_teacher_forcing:
+            raise ValueError(f"{self.name} is not recurrent: the teacher_forced protocol does not apply")
+        fn = lambda mdl, z, step_scale: mdl.teacher_forced(z, step_scale)  # noqa: E731
+        return self._vmapped(variables, fn, window, rng, num_samples)
+
+
+def residual_head_to_frame(prev: jnp.ndarray, head: jnp.ndarray, step_scale: jnp.ndarray, residual: bool) -> jnp.ndarray:
+    """The residual parameterisation: the next frame is the last one plus a step in ``step_scale`` units.
+
+    ``prev [.., D]`` and ``head [.., D]`` in scaled units. With ``residual=False`` the head *is* the frame.
+    """
+    return prev + head * step_scale if residual else head
+
+
+def frame_to_residual_target(prev: jnp.ndarray, frame: jnp.ndarray, step_scale: jnp.ndarray, residual: bool) -> jnp.ndarray:
+    """Inverse of :func:`residual_head_to_frame`: the head value that reproduces ``frame``."""
+    return (frame - prev) / step_scale if residual else frame
+
+
+def step_features(x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
+    """Per-frame recurrent inputs ``[.., T, 2D]``: the (scaled) frame and its step from the previous one.
+
+    The step of the first frame is zero. Both are causal: frame t's features use frames <= t only.
+    """
+    steps = jnp.diff(x, axis=-2, prepend=x[..., :1, :]) / step_scale
+    return jnp.concatenate([x, steps], axis=-1)
