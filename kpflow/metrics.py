@@ -3,12 +3,21 @@
 Conventions: ``samples [S, W, M, D]`` (S samples of W windows, M future frames, D numbers per
 frame), ``target [W, M, D]``. Errors are in whatever units the inputs are in; the evaluation
 expresses them in the papers' per-video min-max units and in raw keypoint units.
+
+- Point and sample errors: :func:`mae`, mean / median / best-of-S MAE.
+- Probabilistic: :func:`energy_score` (fair estimator), :func:`window_scores` (all per-window scores).
+- Diversity, the papers' protocol: :func:`apd`, :func:`select_lowest_mae` (20 of 100 by MAE),
+  :func:`standardized_apd_mae_ratio`.
+- Distribution distances (exact unbiased MMD^2): :func:`polynomial_mmd` (KID / JEDi kernel) and
+  :func:`motion_mmd` (RBF kernel on trajectory increments and speeds: the motion-realism distance).
+- :func:`forecast_scores`: one row of the evaluation table.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def mae(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -49,10 +58,350 @@ def energy_score(samples: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     term1 = jnp.mean(jnp.sqrt(jnp.sum((x - y[None]) ** 2, axis=-1)), axis=0)
     if s == 1:
         return term1
-    # Sum over the S x S matrix row by row to keep memory at [S, W].
+    # The S x S pairwise sum goes row by row, keeping memory at [S, W, F].
+    term2 = _sum_pairwise_l2(x) / (2.0 * s * (s - 1))
+    return term1 - term2
+
+
+# -- diversity ----------------------------------------------------------------------------------
+
+
+def _sum_pairwise_l2(x: jnp.ndarray) -> jnp.ndarray:
+    """``x [S, W, F]`` -> ``[W]``: sum of ``||x_i - x_j||`` over all ordered pairs (i, j).
+
+    Row by row with ``lax.scan`` so memory stays at ``[S, W, F]`` instead of ``[S, S, W, F]``.
+    """
+
     def row(_, xi):
         return None, jnp.sum(jnp.sqrt(jnp.sum((x - xi[None]) ** 2, axis=-1)), axis=0)
 
     _, rows = jax.lax.scan(row, None, x)
-    term2 = jnp.sum(rows, axis=0) / (2.0 * s * (s - 1))
-    return term1 - term2
+    return jnp.sum(rows, axis=0)
+
+
+def apd(samples: jnp.ndarray) -> jnp.ndarray:
+    """Average pairwise displacement among the S samples of each window: ``[S, W, M, D] -> [W]``.
+
+    ``APD = 1/(S (S-1)) sum_{i != j} ||X_i - X_j||`` with X the flattened ``M x D`` future
+    (Euclidean distance, as in DLow / the papers' diversity tables). Zero for S = 1 or identical samples.
+    """
+    s = samples.shape[0]
+    if s < 2:
+        return jnp.zeros(samples.shape[1], samples.dtype)
+    x = samples.reshape(s, samples.shape[1], -1)
+    return _sum_pairwise_l2(x) / (s * (s - 1))
+
+
+@jax.jit
+def window_scores(samples: jnp.ndarray, target: jnp.ndarray, median: jnp.ndarray | None = None) -> dict:
+    """All per-window scores of ``samples [S, W, M, D]`` against ``target [W, M, D]``, each ``[W]``.
+
+    Keys: ``mae_mean``, ``mae_median``, ``mae_best``, ``apd``, ``energy_score``. The energy score's
+    spread term is half the APD (same pairs, same normaliser), so the pairwise sum is done once.
+    ``median [W, M, D]``: the per-dimension median of the samples, if the caller has it already
+    (sorting S samples is the slowest part on CPU; the median of min-max scaled samples is the
+    scaled median, so one sort serves both unit systems).
+    """
+    s = samples.shape[0]
+    median = jnp.median(samples, axis=0) if median is None else median
+    x = samples.reshape(s, samples.shape[1], -1)
+    y = target.reshape(target.shape[0], -1)
+    diversity = apd(samples)
+    # Fair energy score (see `energy_score`): E||X - y|| - 1/2 E||X - X'||.
+    term1 = jnp.mean(jnp.sqrt(jnp.sum((x - y[None]) ** 2, axis=-1)), axis=0)
+    return {
+        "mae_mean": sample_mean_mae(samples, target),
+        "mae_median": mae(median, target),
+        "mae_best": best_of_s_mae(samples, target),
+        "apd": diversity,
+        "energy_score": term1 - 0.5 * diversity,
+    }
+
+
+def select_lowest_mae(samples: jnp.ndarray, target: jnp.ndarray, k: int = 20) -> jnp.ndarray:
+    """The papers' selection: per window, the ``k`` samples with lowest MAE, ``[S, W, M, D] -> [k, W, M, D]``.
+
+    Selected samples are ordered by increasing MAE (ties: lower sample index first). Note that this
+    uses the ground truth, so it is an oracle selection, not something a deployed system can do.
+    """
+    s = samples.shape[0]
+    if not 1 <= k <= s:
+        raise ValueError(f"select_lowest_mae: k must be in [1, S={s}], got {k}")
+    errors = mae(samples, target[None])  # [S, W]
+    _, idx = jax.lax.top_k(-errors.T, k)  # [W, k]
+    return samples[idx.T, jnp.arange(samples.shape[1])[None, :]]
+
+
+def lowest_mae_diversity(samples: jnp.ndarray, target: jnp.ndarray, k: int = 20) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per window, among the ``k`` lowest-MAE samples: (their mean MAE ``[W]``, their APD ``[W]``).
+
+    The two numbers the papers' diversity tables report per window (k = 20 of S = 100).
+    """
+    chosen = select_lowest_mae(samples, target, k)
+    return jnp.mean(mae(chosen, target[None]), axis=0), apd(chosen)
+
+
+def apd_mae_ratio_by_video(apd_per_window, mae_per_window, video_ids) -> dict:
+    """Aggregate per-window (APD, MAE) to the papers' per-video ratio; NumPy, outside jit.
+
+    For each video v: ``ratio_v = mean_w APD_w / mean_w MAE_w`` over the windows w of v.
+    Returns ``{"ratio_mean", "ratio_median"}`` over videos (videos whose MAE is 0 are skipped),
+    plus ``"apd"`` and ``"mae"`` (window means) and ``"ratio_per_video" {id: ratio}``.
+    """
+    apd_w = np.asarray(apd_per_window, np.float64)
+    mae_w = np.asarray(mae_per_window, np.float64)
+    ids = np.asarray(video_ids)
+    if not (apd_w.shape == mae_w.shape == ids.shape) or apd_w.ndim != 1 or len(ids) == 0:
+        raise ValueError(
+            "apd, mae and video_ids must be non-empty [W] arrays of one length; "
+            f"got {apd_w.shape}, {mae_w.shape}, {ids.shape}"
+        )
+    per_video = {}
+    for v in np.unique(ids):
+        m = ids == v
+        mae_v = mae_w[m].mean()
+        if mae_v > 0:
+            per_video[v.item()] = float(apd_w[m].mean() / mae_v)
+    ratios = np.asarray(list(per_video.values()), np.float64)
+    return {
+        "ratio_mean": float(ratios.mean()) if len(ratios) else float("nan"),
+        "ratio_median": float(np.median(ratios)) if len(ratios) else float("nan"),
+        "apd": float(apd_w.mean()),
+        "mae": float(mae_w.mean()),
+        "ratio_per_video": per_video,
+    }
+
+
+def standardized_apd_mae_ratio(samples, target, video_ids, k: int = 20) -> dict:
+    """The papers' diversity/accuracy trade-off (arXiv 2504.05537): per-video APD / MAE of the k best samples.
+
+    Inputs must already be in the papers' per-video min-max units ("standardised" keypoints: each
+    of the D dimensions of a video mapped by ``(x - min) / (max - min)`` over the observed frames
+    of its evaluation windows, :class:`kpflow.keypoints.MinMaxScaler`); that is what makes APD and
+    MAE comparable across videos and datasets. ``samples [S, W, M, D]``, ``target [W, M, D]``,
+    ``video_ids [W]`` (any hashable per-window label of the window's clip).
+
+    What is implemented, exactly:
+      1. per window, keep the ``k`` samples with lowest MAE (:func:`select_lowest_mae`);
+      2. per window, their mean MAE and their APD (:func:`apd`, mean Euclidean distance over the
+         ``k (k-1)`` ordered pairs of flattened ``M x D`` futures);
+      3. per video, ``ratio = mean APD / mean MAE`` over its windows;
+      4. report the mean and the median of the per-video ratios.
+
+    The paper's text defining the standardisation was not available here; the authors' published
+    code calls the per-video min-max scaling "std" (and its inverse "unstd"), which is the reading
+    taken here. Another reading, min-max scaling the per-video APD and MAE values themselves across
+    videos, is not implemented (it divides by zero for the best video). Higher ratio = more diversity
+    per unit of error.
+    """
+    mae_w, apd_w = lowest_mae_diversity(jnp.asarray(samples), jnp.asarray(target), k)
+    return apd_mae_ratio_by_video(apd_w, mae_w, video_ids)
+
+
+# -- MMD ----------------------------------------------------------------------------------------
+
+
+def _xp(*arrays):
+    """NumPy (float64, exact enough for kernel sums) for NumPy inputs; jax.numpy otherwise (jittable)."""
+    return np if all(isinstance(a, (np.ndarray, list, tuple, float, int)) for a in arrays) else jnp
+
+
+def _as_float(xp, a):
+    return np.asarray(a, np.float64) if xp is np else jnp.asarray(a)
+
+
+def _block_kernel_sum(x, y, kernel, xp, block: int = 2048):
+    """``sum_ij kernel(x_i, y_j)`` over ``x [n, F]``, ``y [m, F]`` in row blocks of ``x`` (memory ``block x m``)."""
+    total = 0.0
+    for i in range(0, x.shape[0], block):
+        total = total + xp.sum(kernel(x[i : i + block], y))
+    return total
+
+
+def _mmd2_unbiased(x, y, kernel, kernel_diag, xp):
+    """Exact unbiased MMD^2 (Gretton et al. 2012, eq. 3) from a kernel on rows of ``x [n, F]``, ``y [m, F]``.
+
+    ``MMD^2_u = sum_{i!=j} k(x_i,x_j)/(n(n-1)) + sum_{i!=j} k(y_i,y_j)/(m(m-1)) - 2 sum_ij k(x_i,y_j)/(nm)``.
+    Diagonals are removed by subtracting ``sum_i k(x_i, x_i)``, computed directly.
+    """
+    n, m = x.shape[0], y.shape[0]
+    kxx = (_block_kernel_sum(x, x, kernel, xp) - xp.sum(kernel_diag(x))) / (n * (n - 1))
+    kyy = (_block_kernel_sum(y, y, kernel, xp) - xp.sum(kernel_diag(y))) / (m * (m - 1))
+    kxy = _block_kernel_sum(x, y, kernel, xp) / (n * m)
+    return kxx + kyy - 2.0 * kxy
+
+
+def _check_feature_sets(x, y, name: str):
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"{name}: expected x [n, F] and y [m, F] with the same F, got {x.shape} and {y.shape}")
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError(
+            f"{name}: the unbiased estimator needs at least 2 rows in each set, got {x.shape[0]} and {y.shape[0]}"
+        )
+
+
+def polynomial_mmd(x, y, degree: int = 3, gamma: float | None = None, coef0: float = 1.0):
+    """Exact unbiased MMD^2 between feature sets ``x [n, F]`` and ``y [m, F]`` with the polynomial kernel.
+
+    ``k(a, b) = (gamma <a, b> + coef0) ** degree`` with ``gamma = 1/F`` by default: the kernel of KID
+    (Binkowski et al. 2018) and of JEDi (V-JEPA features; the feature extractor is the caller's).
+    Every pair is used (no subset blocks, unlike KID's default averaging over subsets). Unbiased, so
+    it can be slightly negative for two samples of one distribution. NumPy inputs are computed in
+    float64; JAX inputs in their own dtype (jittable).
+    """
+    xp = _xp(x, y)
+    x, y = _as_float(xp, x), _as_float(xp, y)
+    _check_feature_sets(x, y, "polynomial_mmd")
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+    kernel = lambda a, b: (g * (a @ b.T) + coef0) ** degree
+    diag = lambda a: (g * xp.sum(a * a, axis=-1) + coef0) ** degree
+    return _mmd2_unbiased(x, y, kernel, diag, xp)
+
+
+def _sq_dists(a, b, xp):
+    """Squared Euclidean distances ``[n, m]`` by the Gram expansion, clipped at 0 (rounding)."""
+    d2 = xp.sum(a * a, -1)[:, None] + xp.sum(b * b, -1)[None, :] - 2.0 * (a @ b.T)
+    return xp.maximum(d2, 0.0)
+
+
+def median_heuristic_bandwidth(x, max_points: int = 2048):
+    """Median Euclidean distance between distinct rows of ``x [n, F]`` (the first ``max_points`` rows).
+
+    Deterministic. Falls back to 1.0 when the median is 0 (e.g. a constant set).
+    """
+    xp = _xp(x)
+    x = _as_float(xp, x)[:max_points]
+    n = x.shape[0]
+    iu = np.triu_indices(n, k=1)
+    d = xp.sqrt(_sq_dists(x, x, xp)[iu])
+    med = xp.median(d)
+    return xp.where(med > 0, med, 1.0)
+
+
+def rbf_mmd(x, y, bandwidth=None):
+    """Exact unbiased MMD^2 between ``x [n, F]`` and ``y [m, F]`` with ``k = exp(-||a-b||^2 / (2 h^2))``.
+
+    ``bandwidth`` h defaults to :func:`median_heuristic_bandwidth` of ``x`` (the reference set).
+    NumPy inputs are computed in float64; JAX inputs in their own dtype.
+    """
+    xp = _xp(x, y)
+    x, y = _as_float(xp, x), _as_float(xp, y)
+    _check_feature_sets(x, y, "rbf_mmd")
+    h = median_heuristic_bandwidth(x) if bandwidth is None else bandwidth
+    # Centre on the reference mean: distances are unchanged, the Gram expansion loses less precision.
+    centre = xp.mean(x, axis=0)
+    x, y = x - centre, y - centre
+    kernel = lambda a, b: xp.exp(-_sq_dists(a, b, xp) / (2.0 * h * h))
+    diag = lambda a: xp.ones(a.shape[0], a.dtype)
+    return _mmd2_unbiased(x, y, kernel, diag, xp)
+
+
+def motion_features(future: jnp.ndarray, last_observed: jnp.ndarray) -> jnp.ndarray:
+    """Trajectory features of futures ``[.., M, D]`` (``last_observed [.., D]``) -> ``[.., M*D + 2*M*K]``.
+
+    - per-step increments ``f_t - f_{t-1}`` for t = 1..M, with ``f_0`` the last observed frame (so a
+      forecast that jumps away from the context is seen), ``[M, D]``;
+    - per-step speeds per keypoint: the norm of the location increment (x, y) and the norm of the
+      Jacobian increment (4 numbers), ``[M, K]`` each (kept apart: they are in different units).
+    Positions themselves are left out on purpose: this describes how things move, not where.
+    """
+    xp = np if isinstance(future, np.ndarray) and isinstance(last_observed, np.ndarray) else jnp
+    prev = xp.concatenate([last_observed[..., None, :], future[..., :-1, :]], axis=-2)
+    steps = future - prev  # [.., M, D]
+    lead = steps.shape[:-2]
+    m, d = steps.shape[-2:]
+    per_kp = steps.reshape(lead + (m, d // 6, 6))
+    loc_speed = xp.sqrt(xp.sum(per_kp[..., :2] ** 2, axis=-1))  # [.., M, K]
+    jac_speed = xp.sqrt(xp.sum(per_kp[..., 2:] ** 2, axis=-1))
+    flat = lambda a: a.reshape(lead + (-1,))
+    return xp.concatenate([flat(steps), flat(loc_speed), flat(jac_speed)], axis=-1)
+
+
+def motion_mmd_from_features(real_features, forecast_features, bandwidth=None):
+    """:func:`rbf_mmd` (unbiased MMD^2) between motion features ``[n, F]`` and ``[m, F]``, standardised first.
+
+    Each feature is divided by its standard deviation over the *real* set (floored at 1e-6 of the
+    mean std), so every step and keypoint counts, whatever its units; then the bandwidth is the median
+    heuristic on the standardised real set (unless given). Both choices depend only on the real set,
+    so scores of different forecasters of the same data are comparable, and the result is deterministic.
+    """
+    xp = _xp(real_features, forecast_features)
+    real = _as_float(xp, real_features)
+    fake = _as_float(xp, forecast_features)
+    std = xp.std(real, axis=0)
+    std = xp.maximum(std, 1e-6 * xp.mean(std) + 1e-12)
+    return rbf_mmd(real / std, fake / std, bandwidth)
+
+
+def motion_subset(num_windows: int, num_samples: int, samples_per_window: int = 4, max_points: int = 4096):
+    """Which windows and how many samples per window :func:`motion_mmd` uses: ``(window_idx, k)``.
+
+    All windows and the first ``k = min(S, samples_per_window)`` samples of each, reduced so that at
+    most ``max_points`` forecast features enter the MMD (kernel sums are quadratic); with more than
+    ``max_points`` windows, evenly spaced windows are kept. Deterministic.
+    """
+    k = max(1, min(num_samples, samples_per_window, max_points // max(num_windows, 1)))
+    keep = min(num_windows, max_points // k)
+    if keep >= num_windows:
+        return np.arange(num_windows), k
+    idx = np.unique(np.linspace(0, num_windows - 1, keep).round().astype(int))
+    return idx, k
+
+
+def motion_mmd(real_futures, forecast_futures, last_observed, samples_per_window: int = 4, max_points: int = 4096,
+               bandwidth=None):
+    """Motion-realism distance: unbiased MMD^2 (RBF kernel) between real and forecast motion features.
+
+    ``real_futures [W, M, D]``, ``forecast_futures [S, W, M, D]`` (or ``[W, M, D]`` for one sample),
+    ``last_observed [W, D]``. The real set has one feature vector per window (:func:`motion_features`),
+    the forecast set ``k`` per window (the first ``k`` samples, see :func:`motion_subset`); both are
+    compared as sets, i.e. marginal motion statistics over windows. A frozen forecast (hold-last) has
+    zero increments and speeds, far from real motion; a forecaster that moves like the data scores ~0
+    (unbiased: may be slightly negative). Standardisation and bandwidth: :func:`motion_mmd_from_features`.
+    Computed in NumPy float64 (it selects a subset, so it is not jitted); returns a scalar.
+    """
+    if np.ndim(forecast_futures) == 3:
+        forecast_futures = forecast_futures[None]
+    s, w = np.shape(forecast_futures)[:2]
+    idx, k = motion_subset(w, s, samples_per_window, max_points)
+    real = np.asarray(real_futures)[idx]
+    last = np.asarray(last_observed)[idx]
+    fake = np.asarray(forecast_futures)[:k, idx]
+    real_f = motion_features(real, last)
+    fake_f = motion_features(fake, np.broadcast_to(last, fake.shape[:2] + last.shape[-1:]))
+    fake_f = fake_f.reshape(-1, real_f.shape[-1])
+    return motion_mmd_from_features(real_f, fake_f, bandwidth)
+
+
+# -- the evaluation's table row -----------------------------------------------------------------
+
+SCORE_KEYS = ("mae_mean", "mae_median", "mae_best", "apd", "energy_score", "motion_mmd")
+
+
+def forecast_scores(samples, target, last_observed, chunk: int = 128, **motion_kwargs) -> dict[str, float]:
+    """One row of the evaluation table: ``samples [S, W, M, D]``, ``target [W, M, D]``, ``last_observed [W, D]``.
+
+    Returns Python floats: ``mae_mean`` (MAE of the mean of the samples), ``mae_median`` (of the
+    per-dimension median), ``mae_best`` (best of S), ``apd``, ``energy_score`` -- each averaged over
+    windows -- and ``motion_mmd`` over the whole set (:func:`motion_mmd`). Windows are scored in
+    chunks of ``chunk`` so memory stays at ``O(S x chunk x M x D)``.
+    """
+    samples = np.asarray(samples)
+    target = np.asarray(target)
+    if samples.ndim != 4 or samples.shape[1:] != target.shape:
+        raise ValueError(
+            f"forecast_scores: samples [S, W, M, D] must match target [W, M, D]; got {samples.shape}, {target.shape}"
+        )
+    w = target.shape[0]
+    parts = []
+    for i in range(0, w, chunk):
+        s_i, t_i = samples[:, i : i + chunk], target[i : i + chunk]
+        pad = chunk - t_i.shape[0] if w > chunk else 0
+        if pad:  # a fixed chunk shape compiles once; padded windows are dropped below
+            s_i = np.concatenate([s_i, np.repeat(s_i[:, -1:], pad, axis=1)], axis=1)
+            t_i = np.concatenate([t_i, np.repeat(t_i[-1:], pad, axis=0)], axis=0)
+        scores = window_scores(jnp.asarray(s_i), jnp.asarray(t_i))
+        parts.append({k: np.asarray(v)[: chunk - pad] for k, v in scores.items()})
+    out = {k: float(np.mean(np.concatenate([p[k] for p in parts]))) for k in parts[0]}
+    out["motion_mmd"] = float(motion_mmd(target, samples, np.asarray(last_observed), **motion_kwargs))
+    return {k: out[k] for k in SCORE_KEYS}

@@ -30,14 +30,14 @@ def speaker_of(clip_name: str) -> str:
 def load_clip(path: str) -> np.ndarray:
     """Read one clip file -> ``[T, 6K]`` float32. Raises ValueError naming the file if malformed."""
     try:
-        with np.load(path) as f:
-            if "value" not in f or "jacobian" not in f:
-                raise ValueError(f"{path}: needs arrays 'value' [T,K,2] and 'jacobian' [T,K,2,2], has {sorted(f.files)}")
-            value, jacobian = f["value"], f["jacobian"]
-    except ValueError:
-        raise
-    except Exception as e:  # zip errors, pickles, truncated files
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            arrays = {k: f[k] for k in ("value", "jacobian") if k in f.files}
+    except Exception as e:  # not a zip, truncated, or a pickle: all unreadable as keypoints
         raise ValueError(f"{path}: not a readable .npz keypoint file ({type(e).__name__}: {e})") from None
+    if len(arrays) < 2:
+        raise ValueError(f"{path}: needs arrays 'value' [T,K,2] and 'jacobian' [T,K,2,2], has {names}")
+    value, jacobian = arrays["value"], arrays["jacobian"]
     if value.ndim != 3 or value.shape[-1] != 2:
         raise ValueError(f"{path}: 'value' must be [T, K, 2], got {value.shape}")
     if jacobian.shape != value.shape + (2,):

@@ -124,7 +124,8 @@ class Forecaster:
         scaler = self.scaler_of(variables)
         x = scaler.transform(batch)
         mvars = self._module_variables(variables)
-        mutable = [c for c in MUTABLE_COLLECTIONS if c in mvars] if train else False
+        mutable = [c for c in MUTABLE_COLLECTIONS if c in mvars] if train else []
+        mutable = mutable or False  # apply() returns (out, state) for any list, even an empty one
         d_rng, s_rng = jax.random.split(rng)
         out = self.module.apply(
             mvars, x, scaler.step_scale, train=train, rngs={"dropout": d_rng, "sample": s_rng},
@@ -188,3 +189,17 @@ def step_features(x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
     """
     steps = jnp.diff(x, axis=-2, prepend=x[..., :1, :]) / step_scale
     return jnp.concatenate([x, steps], axis=-1)
+
+
+def context_step_scale(context: jnp.ndarray, step_scale: jnp.ndarray, prior_steps: float) -> jnp.ndarray:
+    """Per-window step scale ``[B, D]`` from the observed frames ``context [B, N, D]`` (scaled units).
+
+    The RMS of the context's N-1 steps, shrunk toward the dataset's ``step_scale [D]`` with
+    ``prior_steps`` pseudo-steps: ``sqrt((p s^2 + sum_t dx_t^2) / (p + N - 1))``. It uses observed
+    frames only, so it is causal; dividing a window's steps by it (as reversible instance
+    normalisation does) makes a model indifferent to how much a particular clip moves, which the
+    papers' per-clip min-max units reward, and lets it follow changing volatility.
+    """
+    steps = jnp.diff(context, axis=1)
+    num = prior_steps * step_scale**2 + jnp.sum(steps**2, axis=1)
+    return jnp.sqrt(num / (prior_steps + steps.shape[1]))

@@ -1,0 +1,16 @@
+"""GRU-NF forecaster (a GRU state conditions RealNVP coupling blocks),
+on VoxCeleb keypoints.
+
+Horizons 6-6 (default), 6-24, 12-12; validation: the held-out speakers.
+Plain: the papers' sizes; ``:cpu``: a small model and schedule for a 2-core CPU (both in
+configs/common.py).
+
+    python -m train.forecaster --config configs/grunf_vox.py:cpu,horizon=HORIZON \
+        --workdir runs/grunf_vox --config.data.dir=../shared/data/vox_keypoints
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    return common.forecaster_config("grunf", "vox", arg)

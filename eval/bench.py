@@ -1,0 +1,276 @@
+"""Speed benchmarks. ``python -m eval.bench <benchmark> [options]``; each prints a table and can write JSON.
+
+Benchmarks (argparse subcommands; add one with a ``_add_<name>`` parser and a ``bench_<name>`` function):
+
+- ``forecast``: median time to draw S closed-loop samples of one N-M window (batch of one window)
+  with a randomly initialised forecaster, as one jitted ``vmap``-ed call (``Forecaster.sample``)
+  and as a Python loop calling a jitted single-sample function once per sample (how the authors'
+  PyTorch code draws them). Compilation is excluded from both. The reference is the authors'
+  VRNN: 100 samples x 24 steps (12-12) in 128 ms on a 2-core CPU (DESIGN.md).
+
+Timings are measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+# The authors' VRNN sizes (appendix B of the papers; hidden 256, latent 20, MLPs 128).
+AUTHORS_SIZES: dict[str, dict[str, Any]] = {
+    "vrnn": {"hidden": 256, "latent": 20, "prior_hidden": 128, "posterior_hidden": 128, "decoder_hidden": 128},
+}
+# Small sizes for smoke runs (``--tiny``): same code paths, negligible compile and run time.
+TINY_SIZES: dict[str, dict[str, Any]] = {
+    "vrnn": {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16},
+}
+
+# The authors' PyTorch VRNN on the 2-core CPU where DESIGN.md's facts were measured.
+REFERENCE = {
+    "what": "authors' PyTorch VRNN, Python loop over samples",
+    "ms": 128.0,
+    "samples": 100,
+    "num_observed": 12,
+    "horizon": 12,
+    "device": "2-core CPU",
+    "source": "DESIGN.md, 'Facts measured here'",
+}
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"hidden=16"`` -> ("hidden", 16); values are Python literals, else strings."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn`` after one warm-up call; ``fn`` must block on its result."""
+    fn()  # compile / warm caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def environment() -> dict[str, Any]:
+    """Backend, devices, CPU count and versions: what a reader needs to compare two timings."""
+    import flax
+    import jax
+    import jaxlib
+    import numpy as np
+
+    devices = jax.devices()
+    try:
+        usable_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable_cpus = os.cpu_count()
+    return {
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _ms_stats(times: list[float]) -> dict[str, Any]:
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "times_ms": [round(t, 4) for t in times],
+    }
+
+
+# -- forecast -------------------------------------------------------------------------------------
+def _add_forecast(sub) -> None:
+    p = sub.add_parser(
+        "forecast",
+        help="closed-loop sampling: one vmap-ed jitted call vs a Python loop over samples",
+        description=bench_forecast.__doc__,
+    )
+    p.add_argument("--model", default="vrnn", help="registry name (kpflow.forecast.REGISTRY); default vrnn")
+    p.add_argument("--horizon", default="12-12", help="observed-predicted frames N-M (default 12-12)")
+    p.add_argument("--samples", type=int, default=100, help="samples per window S (default 100)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per variant; the median is reported")
+    p.add_argument("--tiny", action="store_true", help="small model sizes, for smoke tests")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
+        help="override a model hyper-parameter (repeatable), e.g. --set hidden=64",
+    )
+    p.add_argument("--dim", type=int, default=60, help="numbers per frame, 6K (default 60)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip_loop", action="store_true", help="time only the vmap-ed call")
+    p.set_defaults(run=bench_forecast)
+
+
+def model_hparams(model: str, tiny: bool, overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The authors' sizes for ``model`` (or the tiny ones), then ``--set`` overrides."""
+    hparams = dict((TINY_SIZES if tiny else AUTHORS_SIZES).get(model, {}))
+    hparams.update(dict(overrides))
+    return hparams
+
+
+def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
+    """Time S closed-loop samples of one N-M window: vmap-ed jitted call vs Python loop over samples."""
+    import jax
+    import numpy as np
+
+    from kpflow import forecast
+    from kpflow.data import parse_horizon, synthetic_clips
+    from kpflow.keypoints import CausalScaler
+
+    if args.samples < 1 or args.repeats < 1:
+        raise SystemExit("--samples and --repeats must be >= 1")
+    try:
+        n, m = parse_horizon(args.horizon)
+    except ValueError as e:
+        raise SystemExit(f"eval.bench forecast: {e}") from None
+    hparams = model_hparams(args.model, args.tiny, args.overrides)
+    try:
+        forecaster = forecast.create(args.model, dim=args.dim, num_observed=n, horizon=m, **hparams)
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"eval.bench forecast: cannot build {args.model!r}: {e}") from None
+
+    # A realistic window (synthetic head motion) and a scaler fitted on other synthetic clips.
+    clips = synthetic_clips(num_clips=4, num_speakers=2, min_frames=4 * (n + m), max_frames=4 * (n + m),
+                            num_keypoints=args.dim // 6, seed=args.seed)
+    series = list(clips.values())
+    scaler = CausalScaler.fit(series[1:])
+    window = np.asarray(series[0][None, : n + m])  # [1, N+M, D]
+    context = jax.device_put(window[:, :n])  # [1, N, D]
+
+    rng = jax.random.PRNGKey(args.seed)
+    init_rng, sample_rng = jax.random.split(rng)
+    # Jitted: an eager init of a scanned recurrent module dispatches op by op and takes seconds.
+    variables = jax.jit(forecaster.init)(init_rng, window, scaler)
+    num_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables.get("params", {}))))
+
+    s = args.samples
+    sample_all = jax.jit(lambda v, c, k: forecaster.sample(v, c, m, k, s))
+    sample_one = jax.jit(lambda v, c, k: forecaster.sample(v, c, m, k, 1))
+
+    out = sample_all(variables, context, sample_rng)
+    if out.shape != (s, 1, m, args.dim):
+        raise SystemExit(f"{args.model}.sample returned {out.shape}, expected {(s, 1, m, args.dim)}")
+
+    vmapped = time_calls(lambda: sample_all(variables, context, sample_rng).block_until_ready(), args.repeats)
+
+    result: dict[str, Any] = {
+        "benchmark": "forecast",
+        "model": args.model,
+        "hparams": _module_fields(forecaster.module),
+        "num_params": num_params,
+        "num_observed": n,
+        "horizon": m,
+        "batch": 1,
+        "samples": s,
+        "repeats": args.repeats,
+        "vmap_jit": _ms_stats(vmapped),
+    }
+    if not args.skip_loop:
+        keys = list(jax.random.split(sample_rng, s))  # made outside the timed region
+
+        def loop():
+            outs = [sample_one(variables, context, k) for k in keys]
+            jax.block_until_ready(outs)
+
+        result["python_loop"] = _ms_stats(time_calls(loop, args.repeats))
+        result["loop_over_vmap"] = result["python_loop"]["median_ms"] / result["vmap_jit"]["median_ms"]
+
+    comparable = (s, n, m) == (REFERENCE["samples"], REFERENCE["num_observed"], REFERENCE["horizon"])
+    result["reference"] = dict(REFERENCE, comparable=comparable)
+    result["speedup_vs_reference"] = REFERENCE["ms"] / result["vmap_jit"]["median_ms"] if comparable else None
+    if "python_loop" in result:
+        result["loop_speedup_vs_reference"] = (
+            REFERENCE["ms"] / result["python_loop"]["median_ms"] if comparable else None
+        )
+    result["environment"] = environment()
+    return result
+
+
+def _module_fields(module) -> dict[str, Any]:
+    return {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in ("parent", "name")}
+
+
+def format_forecast(r: dict[str, Any]) -> str:
+    env = r["environment"]
+    size = ", ".join(f"{k}={v}" for k, v in r["hparams"].items() if k not in ("dim", "num_observed", "horizon"))
+    lines = [
+        (
+            f"forecast: {r['model']} ({size + '; ' if size else ''}{r['num_params']:,} params), "
+            f"{r['num_observed']}-{r['horizon']} window, batch 1, {r['samples']} samples, median of {r['repeats']}"
+        ),
+        (
+            f"  backend {env['backend']} ({env['device_kind']}), {env['usable_cpus']}/{env['cpu_count']} CPUs, "
+            f"jax {env['jax']}, flax {env['flax']}, python {env['python']}"
+        ),
+        f"  vmap + jit (one call):      {r['vmap_jit']['median_ms']:9.3f} ms",
+    ]
+    if "python_loop" in r:
+        lines.append(f"  Python loop over samples:  {r['python_loop']['median_ms']:9.3f} ms"
+                     f"   ({r['loop_over_vmap']:.1f}x the vmap-ed call)")
+    ref = r["reference"]
+    if ref["comparable"]:
+        lines.append(f"  authors' PyTorch (loop):   {ref['ms']:9.3f} ms on a {ref['device']}"
+                     f"   -> vmap speed-up {r['speedup_vs_reference']:.1f}x")
+    else:
+        lines.append(f"  authors' reference ({ref['samples']} samples, {ref['num_observed']}-{ref['horizon']}) "
+                     "not comparable with these settings")
+    return "\n".join(lines)
+
+
+FORMATTERS = {"forecast": format_forecast}
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    _add_forecast(sub)
+    # Every benchmark writes its result the same way.
+    for p in sub.choices.values():
+        p.add_argument("--out", default="", help="also write the result as JSON to this file")
+    return parser
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    result = args.run(args)
+    print(FORMATTERS.get(args.benchmark, lambda r: json.dumps(r, indent=1, default=str))(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

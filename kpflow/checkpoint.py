@@ -1,0 +1,327 @@
+"""Training run directories: config, data split, orbax checkpoints, and loading a trained forecaster.
+
+Layout of a run directory ``DIR`` (written by ``python -m train.forecaster``)::
+
+    DIR/config.json     the full config (ml_collections ConfigDict as JSON)
+    DIR/split.json      {"train": [clip names], "val": [clip names], "dim": D, "data": {config.data}}
+    DIR/checkpoints/    orbax CheckpointManager, the latest ``keep`` training states, one per epoch
+    DIR/best/           orbax CheckpointManager holding the single state with the best validation score
+    DIR/metrics.jsonl   one JSON line per epoch
+    DIR/loss.png        training loss and validation scores per epoch
+
+Each checkpoint step holds three items: ``variables`` (all Flax collections: ``params``, the
+``scaler`` collection with the causal input scaler, ``batch_stats`` if any), ``train``
+(``opt_state`` and ``rng``; only in ``checkpoints/``, so ``best/`` stays small) and ``meta`` (JSON:
+step, epoch, best score so far, the epoch's validation scores).
+
+Evaluation code uses :func:`load_trained`::
+
+    trained = load_trained("runs/vrnn_vox", which="best")
+    samples = trained.forecaster.sample(trained.variables, context, 6, rng, num_samples=100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from typing_extensions import Self
+
+from kpflow import forecast
+from kpflow.data import ClipSet, load_clips, load_splits
+
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+
+TRAIN_HINT = "train one with `python -m train.forecaster --config configs/<model>_<dataset>.py --workdir DIR`"
+
+
+# -- config and split files -----------------------------------------------------------------------
+
+
+def build_forecaster(config: ml_collections.ConfigDict, dim: int) -> forecast.Forecaster:
+    """The forecaster a config describes, for series of ``dim`` numbers per frame.
+
+    ``config.model.name`` picks the registry entry; every other field of ``config.model`` is a
+    hyper-parameter. Raises ValueError for an unknown model or hyper-parameter.
+    """
+    hparams = dict(config.model)
+    name = hparams.pop("name", None)
+    if not name:
+        raise ValueError("config.model.name is not set; pick one of: " + ", ".join(forecast.MODELS))
+    return forecast.create(
+        name, dim=int(dim), num_observed=int(config.num_observed), horizon=int(config.num_predicted), **hparams
+    )
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """``DIR/config.json`` as a ConfigDict. FileNotFoundError (one line) if the run does not exist."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        what = "does not exist" if not os.path.isdir(workdir) else f"holds no training run ({CONFIG_FILE} missing)"
+        raise FileNotFoundError(f"run directory {workdir!r} {what}: {TRAIN_HINT}")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def save_split(workdir: str, train: ClipSet, val: ClipSet, data_config) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    data = json.loads(ml_collections.ConfigDict(dict(data_config)).to_json_best_effort())
+    _write_json(
+        os.path.join(workdir, SPLIT_FILE), {"train": train.names, "val": val.names, "dim": train.dim, "data": data}
+    )
+
+
+def load_split(workdir: str) -> dict:
+    path = os.path.join(workdir, SPLIT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} is missing: the run directory is incomplete; {TRAIN_HINT}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raise ValueError (one line) if ``config`` cannot continue the run saved in ``workdir``.
+
+    The model (name and hyper-parameters) and the horizon must match; training-loop settings such as
+    ``train.num_epochs`` may change between a run and its resumption.
+    """
+    old_model, new_model = saved.model.to_dict(), config.model.to_dict()
+    if old_model.get("name") != new_model.get("name"):
+        diff = f"model ({old_model.get('name')!r} there, {new_model.get('name')!r} now)"
+    elif old_model != new_model:
+        keys = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
+        diff = "model (" + ", ".join(f"{k}: {old_model.get(k)!r} there, {new_model.get(k)!r} now" for k in keys) + ")"
+    elif (saved.get("num_observed"), saved.get("num_predicted")) != (config.get("num_observed"), config.get("num_predicted")):
+        diff = f"horizon ({saved.get('horizon')!r} there, {config.get('horizon')!r} now)"
+    else:
+        return
+    raise ValueError(f"{workdir!r} holds a run with a different {diff}; use a new --workdir, or the same config to resume")
+
+
+def _write_json(path: str, obj: Any) -> None:
+    # Write then rename, so a crash never leaves half a file.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def _abstract(tree: Any, sharding=None) -> Any:
+    """Shape/dtype/sharding skeleton of ``tree`` (arrays or ShapeDtypeStructs), the orbax restore target."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
+
+
+class CheckpointStore:
+    """The two orbax managers of a run directory: the latest ``keep`` states and the best one.
+
+    Saves are asynchronous: :meth:`save` returns while orbax writes in the background, and every
+    later save (and :meth:`close`) first waits for the previous one. Always ``close()`` (or use it as
+    a context manager) before the process exits, or the last checkpoint may be incomplete.
+    """
+
+    def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
+        self.workdir = workdir
+        self.keep = max(1, int(keep))
+        self.read_only = read_only
+        self._managers: dict[str, ocp.CheckpointManager] = {}
+
+    def _manager(self, which: str) -> ocp.CheckpointManager:
+        """The manager of ``which`` ("latest" or "best"), opened on first use."""
+        if which not in ("latest", "best"):
+            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+        if which not in self._managers:
+            path = os.path.abspath(os.path.join(self.workdir, BEST_DIR if which == "best" else CHECKPOINT_DIR))
+            if self.read_only and not os.path.isdir(path):
+                raise FileNotFoundError(f"{path!r} does not exist: the run saved no {which} checkpoint; {TRAIN_HINT}")
+            if self.read_only:  # the settings orbax would otherwise override, with a warning each
+                options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
+            else:
+                options = ocp.CheckpointManagerOptions(max_to_keep=self.keep if which == "latest" else 1, create=True)
+            self._managers[which] = ocp.CheckpointManager(path, options=options, item_names=("variables", "train", "meta"))
+        return self._managers[which]
+
+    def latest_step(self, which: str = "latest") -> int | None:
+        return self._manager(which).latest_step()
+
+    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool) -> None:
+        """Save one state at ``step``; also as the best state when ``is_best``.
+
+        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree;
+        ``meta``: JSON-serialisable dict (step, epoch, scores).
+        """
+        self._manager("latest").save(
+            step,
+            args=ocp.args.Composite(
+                variables=ocp.args.StandardSave(variables),
+                train=ocp.args.StandardSave(train),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        if is_best:
+            self._manager("best").save(
+                step,
+                args=ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+
+    def restore(self, which: str, variables_target: Any, train_target: Any = None, sharding=None):
+        """-> ``(variables, train or None, meta)`` of the newest step of ``which`` ("latest" or "best").
+
+        ``*_target``: pytrees of arrays or ShapeDtypeStructs with the expected structure (e.g. from
+        ``jax.eval_shape(forecaster.init, ...)``); restored leaves are ``jax.Array`` placed with
+        ``sharding`` (default: this process's first device). ``train_target`` None skips the
+        optimizer state. Raises FileNotFoundError (one line) if there is no checkpoint.
+        """
+        manager = self._manager(which)
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"{os.path.join(self.workdir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)!r} holds no "
+                f"checkpoint yet (a run saves one after its first epoch); {TRAIN_HINT}"
+            )
+        args = {
+            "variables": ocp.args.StandardRestore(_abstract(variables_target, sharding)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if train_target is not None:
+            args["train"] = ocp.args.StandardRestore(_abstract(train_target, sharding))
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+        return restored["variables"], (restored["train"] if train_target is not None else None), dict(restored["meta"])
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        for manager in self._managers.values():
+            manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        for manager in self._managers.values():
+            manager.close()
+        self._managers = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- loading a trained forecaster -----------------------------------------------------------------
+
+
+def _training_clips(data_config, names: list[str], workdir: str) -> ClipSet:
+    """The training clips ``names`` of a run, reloaded through ``load_splits(data_config)``.
+
+    When the data changed since training (a folder with more clips, say), the split is rebuilt from
+    the names saved in ``split.json`` instead, as long as the data holds every one of them.
+    """
+    try:
+        train, _ = load_splits(data_config)
+        if train.names == names:
+            return train
+        clips = load_clips(data_config)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the training data of {workdir!r} is not at {data_config.get('dir')!r} any more: pass the "
+            f"keypoint folder (load_trained(..., data_dir=PATH), --data_dir) or fix data.dir in "
+            f"{os.path.join(workdir, CONFIG_FILE)}"
+        ) from None
+    except ValueError:  # the split recipe no longer applies to this data (e.g. no held-out speaker)
+        clips = load_clips(data_config)
+    missing = sorted(set(names) - set(clips.names))
+    if missing:
+        raise ValueError(
+            f"the data at {data_config.get('dir')!r} lacks {len(missing)} training clip(s) of {workdir!r} "
+            f"(e.g. {missing[0]!r}); pass the folder it was trained on"
+        )
+    return clips.subset(names)
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained forecaster restored from a run directory (see :func:`load_trained`)."""
+
+    forecaster: forecast.Forecaster
+    variables: dict  # Flax variables: params, scaler (loc/scale/step_scale [D]), batch_stats if any
+    config: ml_collections.ConfigDict
+    train_clips: ClipSet  # the training split, reloaded from config.data
+    val_names: list[str]
+    step: int
+    workdir: str
+    meta: dict = dataclasses.field(default_factory=dict)  # epoch, validation scores of this state
+
+
+def load_trained(workdir: str, which: str = "best", data_dir: str | None = None) -> Trained:
+    """Restore the forecaster trained in ``workdir``.
+
+    Args:
+      workdir: a run directory written by ``python -m train.forecaster``.
+      which: ``"best"`` (the state with the best validation score) or ``"latest"`` (the newest).
+      data_dir: the keypoint folder to use instead of the saved ``config.data.dir`` (a moved
+        dataset). Ignored for synthetic data, which is regenerated from the saved config.
+
+    Returns:
+      :class:`Trained` with the forecaster rebuilt through ``kpflow.forecast.create`` from the saved
+      config, its variables (``jax.Array`` leaves, including the ``scaler`` collection), the config,
+      the training ClipSet, the validation clip names and the checkpoint's step.
+
+    Raises:
+      FileNotFoundError: (one line) no such run directory, no checkpoint yet, or the training data
+        is no longer where the config says.
+      ValueError: (one line) ``which`` is neither "best" nor "latest", or the data no longer holds
+        the saved training clips.
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    config = load_config(workdir)
+    split = load_split(workdir)
+
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    if data_dir:
+        data_config.dir = data_dir
+    train_clips = _training_clips(data_config, split["train"], workdir)
+    dim = int(split.get("dim", train_clips.dim))
+    if train_clips.dim != dim:
+        raise ValueError(
+            f"the data at {data_config.get('dir')!r} has {train_clips.dim} numbers per frame, the run of "
+            f"{workdir!r} was trained on {dim}"
+        )
+    forecaster = build_forecaster(config, dim)
+    length = int(config.num_observed) + int(config.num_predicted)
+    target = jax.eval_shape(forecaster.init, jax.random.key(0), jnp.zeros((1, length, dim), jnp.float32))
+
+    with CheckpointStore(workdir, read_only=True) as store:
+        variables, _, meta = store.restore(which, target)
+    variables = jax.tree.map(jnp.asarray, variables)
+    return Trained(
+        forecaster=forecaster,
+        variables=variables,
+        config=config,
+        train_clips=train_clips,
+        val_names=list(split["val"]),
+        step=int(meta["step"]),
+        workdir=workdir,
+        meta=meta,
+    )

@@ -1,0 +1,149 @@
+"""Autoregressive GRU forecaster with a Gaussian output head (DeepAR-style, Salinas et al. 2020).
+
+A stack of ``num_layers`` GRU cells reads per-frame :func:`~kpflow.forecast.base.step_features`
+(frame and step). From the top state ``h_t`` (which has seen frames <= t) a linear head gives the
+mean and softplus std of the next head ``y_{t+1}``, the step ``(x_{t+1} - x_t) / step_scale`` in the
+residual parameterisation. ``deterministic=True`` keeps only the mean: a plain GRU point forecaster
+trained with MSE whose "samples" are all equal.
+
+- ``loss``: one-step-ahead NLL (or MSE) of every frame after the first, teacher-forced on the window.
+- ``sample``: warm the state up on the context, then a closed-loop ``nn.scan`` that feeds the model's
+  own draws back in.
+- ``teacher_forced``: the authors' protocol; the state has seen the *true* frames < t when it
+  predicts t. A one-step-ahead prediction, not a forecast.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kpflow.forecast.base import (
+    ForecastModule,
+    frame_to_residual_target,
+    residual_head_to_frame,
+    step_features,
+)
+
+_MIN_STD = 1e-3
+# softplus(_STD_OFFSET) = 1: the untrained head predicts unit-std steps, the scale of the data.
+_STD_OFFSET = 0.5413249
+
+
+class StackedGRUCell(nn.Module):
+    """``num_layers`` GRU cells, each feeding the next. Carry: a tuple of ``num_layers`` ``[B, H]``."""
+
+    hidden: int
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, carry: tuple[jnp.ndarray, ...], inputs: jnp.ndarray):
+        """``inputs [B, F]`` -> (new carry, top state ``[B, H]``)."""
+        new_carry = []
+        h = inputs
+        for i, c in enumerate(carry):
+            c, h = nn.GRUCell(self.hidden, name=f"layer_{i}")(c, h)
+            new_carry.append(c)
+        return tuple(new_carry), h
+
+    def initial_carry(self, batch_size: int) -> tuple[jnp.ndarray, ...]:
+        return tuple(
+            jnp.zeros((batch_size, self.hidden), jnp.float32) for _ in range(self.num_layers)
+        )
+
+
+def gaussian_nll(y: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """Element-wise ``-log N(y; mean, std^2)``."""
+    return 0.5 * jnp.square((y - mean) / std) + jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi)
+
+
+class GRUForecaster(ForecastModule):
+    """Multi-layer GRU with a Gaussian (or point) head over the next step.
+
+    Attributes (besides dim, num_observed, horizon):
+      hidden: GRU width; num_layers: stacked GRU cells.
+      residual: predict steps from the last frame (True) or frames.
+      deterministic: point forecaster trained with MSE (samples are the mean).
+    """
+
+    hidden: int = 256
+    num_layers: int = 2
+    residual: bool = True
+    deterministic: bool = False
+
+    supports_teacher_forcing = True
+
+    def setup(self):
+        self.cell = StackedGRUCell(self.hidden, self.num_layers)
+        out = self.dim if self.deterministic else 2 * self.dim
+        # Zero kernel: the untrained model predicts a zero step (hold-last) whatever the state.
+        self.head = nn.Dense(out, kernel_init=nn.initializers.zeros)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _head_params(self, h: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        """``h [.., H]`` -> mean ``[.., D]`` and std ``[.., D]`` (None when deterministic)."""
+        out = self.head(h)
+        if self.deterministic:
+            return out, None
+        mean, raw = jnp.split(out, 2, axis=-1)
+        return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
+
+    def _draw(self, h: jnp.ndarray) -> jnp.ndarray:
+        """One head draw ``[.., D]`` from the state ``h [.., H]`` (the mean when deterministic)."""
+        mean, std = self._head_params(h)
+        if std is None:
+            return mean
+        return mean + std * jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+
+    def _encode(self, x: jnp.ndarray, step_scale: jnp.ndarray):
+        """Run the GRU over ``x [B, T, D]``: -> (final carry, top states ``[B, T, H]``; h_t saw frames <= t)."""
+        scan = nn.scan(
+            lambda mdl, carry, feat: mdl.cell(carry, feat),
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=1,
+            out_axes=1,
+        )
+        return scan(self, self.cell.initial_carry(x.shape[0]), step_features(x, step_scale))
+
+    # -- interface ------------------------------------------------------------------------------
+    def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
+        """``x [B, T, D]`` -> one-step-ahead NLL (MSE if deterministic) per dimension of frames 1..T-1."""
+        _, h = self._encode(x[:, :-1], step_scale)  # h_t predicts frame t+1
+        target = frame_to_residual_target(x[:, :-1], x[:, 1:], step_scale, self.residual)
+        mean, std = self._head_params(h)
+        mse = jnp.mean(jnp.square(target - mean))
+        if std is None:
+            return mse, {"mse": mse}
+        nll = jnp.mean(gaussian_nll(target, mean, std))
+        return nll, {"nll": nll, "mse": mse}
+
+    def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]`` -> one closed-loop draw ``[B, M, D]`` (rng stream "sample")."""
+        carry, h = self._encode(context, step_scale)
+
+        def step(mdl, state, _):
+            carry, h, prev = state
+            frame = residual_head_to_frame(prev, mdl._draw(h), step_scale, mdl.residual)
+            # The new frame's recurrent input, exactly as step_features builds it for true frames.
+            feat = step_features(jnp.stack([prev, frame], axis=1), step_scale)[:, -1]
+            carry, h = mdl.cell(carry, feat)
+            return (carry, h, frame), frame
+
+        rollout = nn.scan(
+            step,
+            variable_broadcast="params",
+            split_rngs={"params": False, "sample": True},
+            length=horizon,
+            out_axes=1,
+        )
+        _, frames = rollout(self, (carry, h[:, -1], context[:, -1]), None)
+        return frames
+
+    def teacher_forced(self, x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``x [B, N+M, D]`` -> ``[B, M, D]``; frame t drawn from the state that saw TRUE frames < t."""
+        n = self.num_observed
+        _, h = self._encode(x[:, :-1], step_scale)
+        heads = self._draw(h[:, n - 1 :])  # [B, M, D], from h_{t-1} for t = N..N+M-1
+        return residual_head_to_frame(x[:, n - 1 : -1], heads, step_scale, self.residual)

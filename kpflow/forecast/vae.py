@@ -1,0 +1,124 @@
+"""Conditional VAE forecaster (Sohn, Lee and Yan, 2015) over the whole future window.
+
+With ``c`` an MLP encoding of the observed frames' :func:`~kpflow.forecast.base.step_features` and
+``y [M*D]`` the flattened future steps (residual parameterisation):
+
+- encoder ``q(z | c, y) = N(mu_q, sigma_q)``,
+- prior   ``p(z | c)  = N(mu_p, sigma_p)`` (or ``N(0, I)`` with ``conditional_prior=False``),
+- decoder ``p(y | z, c) = N(g(z, c), diag(sigma_y^2))`` with a learned per-dimension ``sigma_y``,
+
+trained on the negative ELBO ``E_q[-log p(y | z, c)] + beta KL(q || p)`` (Kingma and Welling 2014,
+eq. 3; Sohn et al. 2015, section 3), with one reparameterised draw of z. A forecast draws z from the
+prior and y from the decoder (or takes its mean with ``sample_noise=False``), then integrates the
+steps from the last observed frame. The model forecasts exactly its trained horizon.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kpflow.forecast.base import ForecastModule, step_features
+from kpflow.forecast.flows import MLP
+from kpflow.forecast.gru import gaussian_nll
+from kpflow.forecast.nf import future_targets, heads_to_frames
+
+_MIN_STD = 1e-4
+_STD_OFFSET = 0.5413249  # softplus(_STD_OFFSET) = 1
+
+
+def _mean_std(out: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``[.., 2L]`` -> mean ``[.., L]``, softplus std ``[.., L]``."""
+    mean, raw = jnp.split(out, 2, axis=-1)
+    return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
+
+
+def gaussian_kl(mq: jnp.ndarray, sq: jnp.ndarray, mp: jnp.ndarray, sp: jnp.ndarray) -> jnp.ndarray:
+    """``KL(N(mq, sq^2) || N(mp, sp^2))`` summed over the last axis."""
+    return jnp.sum(
+        jnp.log(sp / sq) + (jnp.square(sq) + jnp.square(mq - mp)) / (2 * jnp.square(sp)) - 0.5,
+        axis=-1,
+    )
+
+
+class VAEForecaster(ForecastModule):
+    """Conditional VAE over the flattened future steps ``[M*D]``.
+
+    Attributes (besides dim, num_observed, horizon):
+      hidden: width of every MLP (context encoder, encoder, prior, decoder).
+      latent: size of z.
+      num_layers: hidden layers per MLP.
+      beta: KL weight.
+      residual: model steps from the last frame (True) or frames.
+      conditional_prior: p(z | context) (True) or N(0, I).
+      sample_noise: forecasts include the decoder's Gaussian noise (True) or use its mean.
+    """
+
+    hidden: int = 256
+    latent: int = 32
+    num_layers: int = 2
+    beta: float = 1.0
+    residual: bool = True
+    conditional_prior: bool = True
+    sample_noise: bool = True
+
+    any_horizon = False
+
+    def setup(self):
+        out = self.horizon * self.dim
+        self.context_encoder = MLP(self.hidden, self.num_layers, self.hidden, activation="relu")
+        self.encoder = MLP(self.hidden, self.num_layers, 2 * self.latent, activation="relu")
+        if self.conditional_prior:
+            self.prior = MLP(self.hidden, self.num_layers, 2 * self.latent, activation="relu")
+        # Zero last layer: the untrained decoder predicts zero steps (hold-last).
+        self.decoder = MLP(
+            self.hidden, self.num_layers, out, activation="relu", zero_init_last=True
+        )
+        self.decoder_raw_std = self.param("decoder_raw_std", nn.initializers.zeros, (out,))
+
+    def encode_context(self, context: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]`` -> ``c [B, hidden]``."""
+        feats = step_features(context, step_scale)
+        return nn.relu(self.context_encoder(feats.reshape(feats.shape[0], -1)))
+
+    def prior_params(self, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """``c [B, hidden]`` -> prior mean and std ``[B, latent]``."""
+        if self.conditional_prior:
+            return _mean_std(self.prior(c))
+        zeros = jnp.zeros(c.shape[:-1] + (self.latent,), c.dtype)
+        return zeros, jnp.ones_like(zeros)
+
+    def decode(self, z: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """``z [B, latent]``, ``c [B, hidden]`` -> mean ``[B, M*D]`` and std ``[M*D]`` of the steps."""
+        mean = self.decoder(jnp.concatenate([z, c], axis=-1))
+        return mean, nn.softplus(self.decoder_raw_std + _STD_OFFSET) + _MIN_STD
+
+    def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
+        """``x [B, N+M, D]`` -> (negative ELBO per future dimension, {"nll", "kl"}), both per dimension."""
+        n = self.num_observed
+        c = self.encode_context(x[:, :n], step_scale)
+        y = future_targets(x, n, step_scale, self.residual)
+        y = y.reshape(y.shape[0], -1)  # [B, M*D]
+        mq, sq = _mean_std(self.encoder(jnp.concatenate([c, y], axis=-1)))
+        # Reparameterisation trick (Kingma and Welling 2014, section 2.4): z is differentiable in (mq, sq).
+        z = mq + sq * jax.random.normal(self.make_rng("sample"), mq.shape, mq.dtype)
+        mean, std = self.decode(z, c)
+        mp, sp = self.prior_params(c)
+        per_dim = y.shape[-1]
+        nll = jnp.mean(jnp.sum(gaussian_nll(y, mean, std), axis=-1)) / per_dim
+        kl = jnp.mean(gaussian_kl(mq, sq, mp, sp)) / per_dim
+        return nll + self.beta * kl, {"nll": nll, "kl": kl}
+
+    def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]`` -> ``[B, M, D]`` (M = the trained horizon; the wrapper checks it)."""
+        c = self.encode_context(context, step_scale)
+        mp, sp = self.prior_params(c)
+        z_key, y_key = jax.random.split(self.make_rng("sample"))
+        z = mp + sp * jax.random.normal(z_key, mp.shape, mp.dtype)
+        mean, std = self.decode(z, c)
+        y = mean
+        if self.sample_noise:
+            y = y + std * jax.random.normal(y_key, mean.shape, mean.dtype)
+        heads = y.reshape(context.shape[0], self.horizon, self.dim)
+        return heads_to_frames(context[:, -1], heads, step_scale, self.residual)
