@@ -36,6 +36,7 @@ from tqdm import tqdm
 from kpflow import checkpoint, parallel
 from kpflow import metrics as kpmetrics
 from kpflow.data import (
+    observed_frames_of_windows,
     ClipSet,
     check_long_enough,
     evaluation_windows,
@@ -44,7 +45,7 @@ from kpflow.data import (
     stack_windows,
 )
 from kpflow.forecast import Forecaster
-from kpflow.keypoints import CausalScaler
+from kpflow.keypoints import CausalScaler, MinMaxScaler
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "forecaster config file, e.g. configs/vrnn_vox.py:cpu", lock_config=True)
@@ -152,18 +153,20 @@ def train_step(state: TrainState, batch: jax.Array, *, forecaster: Forecaster, t
 
 
 @functools.partial(jax.jit, static_argnames=("forecaster", "num_samples"))
-def eval_step(variables, windows: jax.Array, mask: jax.Array, rng: jax.Array, *, forecaster: Forecaster, num_samples: int):
+def eval_step(variables, windows: jax.Array, units: jax.Array, mask: jax.Array, rng: jax.Array, *,
+              forecaster: Forecaster, num_samples: int):
     """Closed-loop validation scores of ``windows [B, N+M, D]`` (raw) summed over rows where ``mask [B]``.
 
-    Returns ``{name: scalar sum}`` for :data:`VAL_METRICS`, computed in the model's scaled units
-    (``CausalScaler.transform``) so they are comparable across epochs and cheap.
+    Returns ``{name: scalar sum}`` for :data:`VAL_METRICS`, with errors divided by ``units [B, D]``:
+    the min-max range of each window's clip (the papers' units, the ones the evaluation reports),
+    so the best checkpoint is chosen on the evaluation's yardstick. Scores are translation-invariant,
+    so only the division matters.
     """
     n = forecaster.num_observed
     context, future = windows[:, :n], windows[:, n:]
     samples = forecaster.sample(variables, context, future.shape[1], rng, num_samples)  # [S, B, M, D]
-    scaler = forecaster.scaler_of(variables)
-    samples_z, future_z = scaler.transform(samples), scaler.transform(future)
-    hold_last_z = jnp.broadcast_to(scaler.transform(context[:, -1:]), future_z.shape)
+    samples_z, future_z = samples / units[None, :, None], future / units[:, None]
+    hold_last_z = jnp.broadcast_to(context[:, -1:] / units[:, None], future_z.shape)
     scores = {
         "energy_score": kpmetrics.energy_score(samples_z, future_z),
         "mae_mean": kpmetrics.sample_mean_mae(samples_z, future_z),
@@ -174,37 +177,66 @@ def eval_step(variables, windows: jax.Array, mask: jax.Array, rng: jax.Array, *,
     return {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in scores.items()}
 
 
-def evaluate(eval_fn, variables, windows: np.ndarray, chunk: int, mesh, rng: jax.Array) -> dict[str, float]:
-    """Mean validation scores over all ``windows [W, N+M, D]``, in zero-padded chunks of ``chunk`` rows.
+def evaluate(eval_fn, variables, windows: np.ndarray, units: np.ndarray, chunk: int, mesh, rng: jax.Array) -> dict[str, float]:
+    """Mean validation scores over all ``windows [W, N+M, D]`` (``units [W, D]``, see eval_step), in
+    zero-padded chunks of ``chunk`` rows.
 
     Every chunk has the same shape (one compilation); padded rows are masked out. The rng of chunk
     ``i`` is ``fold_in(rng, i)``, so a fixed ``rng`` scores every epoch on the same noise.
     """
     totals = dict.fromkeys(VAL_METRICS, 0.0)
     for i, start in enumerate(range(0, len(windows), chunk)):
-        part = windows[start : start + chunk]
+        part, part_units = windows[start : start + chunk], units[start : start + chunk]
         mask = np.arange(chunk) < len(part)
-        part = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
-        part, mask = parallel.shard_batch(parallel.process_slice((part, mask)), mesh)
-        sums = eval_fn(variables, part, mask, jax.random.fold_in(rng, i))
+        pad = chunk - len(part)
+        part = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)])
+        part_units = np.concatenate([part_units, np.ones((pad,) + part_units.shape[1:], part_units.dtype)])
+        part, part_units, mask = parallel.shard_batch(parallel.process_slice((part, part_units, mask)), mesh)
+        sums = eval_fn(variables, part, part_units, mask, jax.random.fold_in(rng, i))
         for k, v in jax.device_get(sums).items():
             totals[k] += float(v)
     return {k: v / len(windows) for k, v in totals.items()}
 
 
-def epoch_batches(windows: np.ndarray, batch_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
-    """Endless shuffled batches ``[B, N+M, D]`` for ``epoch``: reshuffles after each pass.
+AUGMENTATIONS = ("reflect", "reverse")
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+def augment(batch: np.ndarray, kinds, rng: np.random.Generator) -> np.ndarray:
+    """Randomly transform half of the windows of ``batch [B, T, D]`` per augmentation in ``kinds``.
+
+    - ``reflect``: ``x' = 2 x_0 - x``, the window mirrored through its first frame. Forecasters see
+      positions relative to the window's first frame and steps, so this negates every input they
+      see: head motion has no preferred direction, and the learned drift then cannot carry one
+      from the few training speakers.
+    - ``reverse``: the window played backwards (motion statistics of talking heads are close to
+      time-reversible).
+    """
+    out = batch.copy()
+    b = len(out)
+    for kind in kinds:
+        pick = rng.random(b) < 0.5
+        if kind == "reflect":
+            out[pick] = 2.0 * out[pick, :1] - out[pick]
+        elif kind == "reverse":
+            out[pick] = out[pick, ::-1]
+        else:
+            raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
+    return out
+
+
+def epoch_batches(windows: np.ndarray, batch_size: int, seed: int, epoch: int, augmentations=()) -> Iterator[np.ndarray]:
+    """Endless shuffled (and optionally augmented) batches ``[B, N+M, D]`` for ``epoch``.
+
+    The order and the augmentations depend only on (seed, epoch), so a resumed run sees the same batches.
     """
     rng = np.random.default_rng([seed, epoch])
     while True:
         order = rng.permutation(len(windows))
         if len(windows) <= batch_size:
-            yield windows[order]
+            yield augment(windows[order], augmentations, rng)
             continue
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield windows[order[i : i + batch_size]]
+            yield augment(windows[order[i : i + batch_size]], augmentations, rng)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -221,6 +253,7 @@ class Experiment:
     val_clips: ClipSet
     train_windows: np.ndarray  # [W, N+M, D] sliding, config.data.stride apart
     val_windows: np.ndarray  # [V, N+M, D] non-overlapping, the papers' protocol
+    val_units: np.ndarray  # [V, D] min-max range of each window's clip (the papers' units)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -244,6 +277,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("train.num_epochs, train.batch_size and train.val_samples must be at least 1")
     if config.data.stride < 1:
         raise ValueError(f"data.stride must be at least 1, got {config.data.stride}")
+    unknown = [a for a in config.data.get("augment", ()) if a not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"data.augment: unknown {unknown}; choose from {AUGMENTATIONS}")
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -271,8 +307,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
                 raise ValueError(f"{workdir!r} was trained on a different data split; use a new --workdir")
 
     train_windows = stack_windows(train_clips.clips, length, config.data.stride)
-    val_windows = np.concatenate([evaluation_windows(s, config.num_observed, config.num_predicted) for s in val_clips.series()])
-    return Experiment(config, workdir, forecaster, train_clips, val_clips, train_windows, val_windows.astype(np.float32))
+    n, m = config.num_observed, config.num_predicted
+    val_windows, val_units = [], []
+    for s in val_clips.series():
+        w = evaluation_windows(s, n, m)
+        if len(w):
+            val_windows.append(w)
+            val_units.append(np.broadcast_to(MinMaxScaler.fit(observed_frames_of_windows(s, n, m)).range, (len(w), s.shape[-1])))
+    return Experiment(config, workdir, forecaster, train_clips, val_clips, train_windows,
+                      np.concatenate(val_windows).astype(np.float32), np.concatenate(val_units).astype(np.float32))
 
 
 def read_metrics(path: str, up_to_epoch: int) -> list[dict]:
@@ -386,7 +429,8 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
         )
         for epoch in range(start_epoch + 1, tc.num_epochs + 1):
             t0 = time.time()
-            batches = epoch_batches(exp.train_windows, int(tc.batch_size), int(tc.seed), epoch)
+            batches = epoch_batches(exp.train_windows, int(tc.batch_size), int(tc.seed), epoch,
+                                    tuple(exp.config.data.get("augment", ())))
             step_metrics = []
             for i in range(steps_per_epoch):
                 batch = parallel.shard_batch(parallel.process_slice(next(batches)), mesh, trim=True)
@@ -403,7 +447,7 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
                     f"training loss became {train_means['loss']} in epoch {epoch}; "
                     f"lower --config.train.learning_rate (now {tc.learning_rate}) or --config.train.clip_norm"
                 )
-            val = evaluate(eval_fn, state.variables, exp.val_windows, chunk, mesh, eval_rng)
+            val = evaluate(eval_fn, state.variables, exp.val_windows, exp.val_units, chunk, mesh, eval_rng)
 
             record = {
                 "epoch": epoch,

@@ -60,6 +60,9 @@ class ForecastModule(nn.Module):
     supports_teacher_forcing = False
     # Whether ``sample`` accepts a horizon other than the trained one.
     any_horizon = True
+    # Whether the module splits sampling into ``encode(context)`` (once per window) and
+    # ``rollout(state, horizon)`` (once per sample); the wrapper then vmaps only the rollout.
+    two_phase_sampling = False
 
     def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
         """``x [B, N+M, D]`` scaled -> (scalar, metrics dict)."""
@@ -158,8 +161,25 @@ class Forecaster:
         """``context [B, N, D]`` raw -> closed-loop samples ``[S, B, M, D]`` raw."""
         if not type(self.module).any_horizon and horizon != self.horizon:
             raise ValueError(f"{self.name} forecasts exactly {self.horizon} frames (its trained horizon); got {horizon}")
+        if type(self.module).two_phase_sampling:
+            return self._two_phase(variables, context, horizon, rng, num_samples)
         fn = lambda mdl, z, step_scale: mdl.sample(z, horizon, step_scale)  # noqa: E731
         return self._vmapped(variables, fn, context, rng, num_samples)
+
+    def _two_phase(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int):
+        """Encode the context once, then vmap the rollout over sample keys: the context's work is
+        not repeated S times (the samples share one posterior pass over the observed frames)."""
+        scaler = self.scaler_of(variables)
+        mvars = self._module_variables(variables)
+        z = scaler.transform(context)
+        enc_rng, roll_rng = jax.random.split(rng)
+        mod = type(self.module)
+        state = self.module.apply(mvars, z, scaler.step_scale, rngs={"sample": enc_rng}, method=mod.encode)
+
+        def one(key):
+            return self.module.apply(mvars, state, horizon, scaler.step_scale, rngs={"sample": key}, method=mod.rollout)
+
+        return scaler.inverse(jax.vmap(one)(jax.random.split(roll_rng, num_samples)))
 
     def teacher_forced(self, variables: Variables, window: jnp.ndarray, rng: jax.Array, num_samples: int = 1):
         """``window [B, N+M, D]`` raw -> ``[S, B, M, D]`` under the authors' teacher-forced protocol."""
@@ -202,4 +222,5 @@ def context_step_scale(context: jnp.ndarray, step_scale: jnp.ndarray, prior_step
     """
     steps = jnp.diff(context, axis=1)
     num = prior_steps * step_scale**2 + jnp.sum(steps**2, axis=1)
-    return jnp.sqrt(num / (prior_steps + steps.shape[1]))
+    # The floor keeps a dimension that did not move (with prior_steps=0) from dividing by zero.
+    return jnp.maximum(jnp.sqrt(num / (prior_steps + steps.shape[1])), 1e-3 * step_scale)

@@ -1,0 +1,373 @@
+"""VRNN and GRU-NF forecasters: training lowers the loss (with and without the closed-loop energy
+term), closed-loop samples see only the context while the teacher-forced protocol sees the true
+frames, samples are keyed, any horizon works, the momentum skip extrapolates motion, and the
+per-window step scale and the energy-score loss match their definitions.
+
+Each model is trained once (``_trained``) and shared by the tests. Compilation, not computation, is
+the cost on CPU, so every jitted function takes the variables as arguments, compiles with XLA's
+cheapest settings (``quick_jit``), and the sampling tests share shapes (``S`` samples of ``B``
+windows): each model compiles init, a training step (which also evaluates), the gradient with the
+closed-loop term, ``teacher_forced`` once and ``sample`` at two horizons.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kpflow import forecast
+from kpflow import metrics as kpmetrics
+from kpflow.data import stack_windows, synthetic_clips
+from kpflow.forecast.base import context_step_scale
+from kpflow.forecast.scoring import energy_score_loss
+from kpflow.keypoints import CausalScaler
+
+N, M, K = 4, 3, 3
+D = 6 * K
+S, B = 4, 5  # samples and windows in every sampling test
+LONG = M + 3  # a horizon other than the trained one
+STEPS = 200
+EVAL_KEY = jax.random.PRNGKey(123)
+
+# XLA's CPU backend at its lowest optimisation level compiles these graphs ~2.5x faster; the
+# programs are tiny, so the slower code they produce costs nothing that shows.
+quick_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+
+CONFIGS = {
+    "vrnn": (
+        "vrnn",
+        {
+            "hidden": 16,
+            "latent": 4,
+            "prior_hidden": 16,
+            "posterior_hidden": 16,
+            "decoder_hidden": 16,
+        },
+    ),
+    "grunf": ("grunf", {"hidden": 16, "num_blocks": 2, "flow_hidden": 16, "flow_layers": 1}),
+}
+MODELS = list(CONFIGS)
+
+
+def _create(key, **overrides) -> forecast.Forecaster:
+    name, hparams = CONFIGS[key]
+    return forecast.create(name, dim=D, num_observed=N, horizon=M, **{**hparams, **overrides})
+
+
+@functools.cache
+def _data():
+    """(training windows [W, N+M, D], scaler fitted on the clips, fixed eval batch [32, N+M, D])."""
+    clips = synthetic_clips(num_clips=6, num_keypoints=K, min_frames=60, max_frames=80, seed=0)
+    windows = stack_windows(clips, N + M, stride=2)
+    return windows, CausalScaler.fit(list(clips.values())), jnp.asarray(windows[::5][:32])
+
+
+class Trained(NamedTuple):
+    forecaster: forecast.Forecaster
+    initial: dict  # variables at init
+    final: dict  # variables after STEPS Adam steps
+    loss_and_grads: Callable  # (variables, batch [32, N+M, D], rng) -> (training loss, grads)
+    initial_loss: float  # on the fixed batch with EVAL_KEY
+    final_loss: float
+
+
+@functools.cache
+def _trained(key) -> Trained:
+    f = _create(key, closed_loop_weight=0.0)
+    windows, scaler, fixed = _data()
+    v0 = quick_jit(f.init)(jax.random.PRNGKey(0), fixed, scaler)
+    opt = optax.adam(1e-2)
+
+    @quick_jit
+    def train_step(v, opt_state, batch, rng):
+        def loss_fn(params):
+            return f.loss_and_state({**v, "params": params}, batch, rng, train=True)
+
+        (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
+        updates, opt_state = opt.update(grads, opt_state)
+        return (
+            {**v, **new_state, "params": optax.apply_updates(v["params"], updates)},
+            opt_state,
+            loss,
+            grads,
+        )
+
+    opt_state0 = opt.init(v0["params"])
+
+    def loss_and_grads(v, batch, rng):
+        # The same compiled step, its update unused.
+        return train_step(v, opt_state0, batch, rng)[2:]
+
+    v, opt_state = v0, opt_state0
+    order = np.random.default_rng(0).integers(0, len(windows), (STEPS, 32))
+    for i in range(STEPS):
+        v, opt_state, _, _ = train_step(
+            v, opt_state, jnp.asarray(windows[order[i]]), jax.random.PRNGKey(i)
+        )
+    initial, final = (float(loss_and_grads(u, fixed, EVAL_KEY)[0]) for u in (v0, v))
+    return Trained(f, v0, v, loss_and_grads, initial, final)
+
+
+@functools.cache
+def _sampler(key):
+    return quick_jit(_trained(key).forecaster.sample, static_argnames=("horizon", "num_samples"))
+
+
+@functools.cache
+def _teacher_forced(key):
+    return quick_jit(_trained(key).forecaster.teacher_forced, static_argnames="num_samples")
+
+
+def _window():
+    """``[B, N+M, D]`` raw windows."""
+    return _data()[2][:B]
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_training_lowers_the_loss(key):
+    t = _trained(key)
+    assert np.isfinite(t.initial_loss) and np.isfinite(t.final_loss)
+    assert t.initial_loss > 0 and t.final_loss < 0.8 * t.initial_loss, (
+        t.initial_loss,
+        t.final_loss,
+    )
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_closed_loop_weight_adds_a_finite_energy_term_with_finite_gradients(key):
+    t = _trained(key)
+    weight = 0.5
+    # The same parameters as t.forecaster.
+    f = _create(key, closed_loop_weight=weight, closed_loop_samples=2)
+    fixed = _data()[2]
+
+    @quick_jit
+    def loss_and_grads(params, v):
+        return jax.value_and_grad(
+            lambda p: f.loss_and_state({**v, "params": p}, fixed, EVAL_KEY, train=True),
+            has_aux=True,
+        )(params)
+
+    (loss, (metrics, _)), grads = loss_and_grads(t.initial["params"], t.initial)
+    loss0, grads0 = t.loss_and_grads(t.initial, fixed, EVAL_KEY)
+    es = float(metrics["closed_loop_es"])
+    assert np.isfinite(es) and es > 0
+    # The term is added to the unchanged likelihood (rollouts draw noise from other rng streams).
+    np.testing.assert_allclose(float(loss), float(loss0) + weight * es, rtol=1e-4, atol=1e-5)
+    leaves, leaves0 = jax.tree.leaves(grads), jax.tree.leaves(grads0)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    # Reparameterised rollouts: the energy term reaches the parameters.
+    assert max(float(jnp.max(jnp.abs(g - g0))) for g, g0 in zip(leaves, leaves0)) > 1e-6
+
+
+# -- sampling ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_closed_loop_samples_see_only_the_context(key):
+    v = _trained(key).final
+    sample = _sampler(key)
+    window = _window()
+    other = window.at[:, N:].set(window[::-1, N:] + 1.0)  # the same first N frames, another future
+    assert float(jnp.min(jnp.abs(other[:, N:] - window[:, N:]))) > 0.5
+    a = sample(v, window[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    np.testing.assert_array_equal(
+        a, sample(v, other[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    )
+    # ...but the context matters: move one observed frame and every window's forecast moves.
+    moved = window.at[:, N - 2].add(0.3)
+    c = sample(v, moved[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    assert float(jnp.min(jnp.max(jnp.abs(c - a), axis=(-2, -1)))) > 1e-4
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_teacher_forced_feeds_the_true_frames(key):
+    f, v = _trained(key).forecaster, _trained(key).final
+    assert f.supports_teacher_forcing
+    teacher_forced = _teacher_forced(key)
+    window = _window()
+    # Change only the second future frame, N+1: predictions of N and N+1 (made from frames < N+1)
+    # must not move; the prediction of N+2, made after feeding the true frame N+1, must.
+    altered = window.at[:, N + 1].add(0.5)
+    a = teacher_forced(v, window, jax.random.PRNGKey(3), num_samples=S)
+    b = teacher_forced(v, altered, jax.random.PRNGKey(3), num_samples=S)
+    assert a.shape == (S, B, M, D) and bool(jnp.all(jnp.isfinite(a)))
+    np.testing.assert_allclose(a[:, :, :2], b[:, :, :2], rtol=1e-5, atol=1e-6)
+    assert float(jnp.min(jnp.max(jnp.abs(a[:, :, 2] - b[:, :, 2]), axis=-1))) > 1e-4
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_samples_are_keyed(key):
+    v = _trained(key).final
+    sample = _sampler(key)
+    context = _window()[:, :N]
+    s = sample(v, context, horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    assert s.shape == (S, B, M, D) and bool(jnp.all(jnp.isfinite(s)))
+    np.testing.assert_array_equal(
+        s, sample(v, context, horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    )
+    other = sample(v, context, horizon=M, rng=jax.random.PRNGKey(2), num_samples=S)
+    assert float(jnp.min(jnp.abs(s - other))) > 0
+    assert float(jnp.min(jnp.abs(s[0] - s[1]))) > 0
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_samples_at_another_horizon(key):
+    t = _trained(key)
+    assert type(t.forecaster.module).any_horizon
+    s = _sampler(key)(
+        t.final, _window()[:, :N], horizon=LONG, rng=jax.random.PRNGKey(5), num_samples=S
+    )
+    assert s.shape == (S, B, LONG, D) and bool(jnp.all(jnp.isfinite(s)))
+    # A recurrent rollout keeps moving: the last frame is not the first one repeated.
+    assert float(jnp.min(jnp.max(jnp.abs(s[:, :, -1] - s[:, :, 0]), axis=-1))) > 1e-4
+
+
+# -- per-window step scale ------------------------------------------------------------------------
+
+
+def test_context_step_scale_is_causal_and_matches_its_formula():
+    step_scale_of = quick_jit(context_step_scale)  # one compile; the eager ops would cost more
+    rng = np.random.default_rng(0)
+    step_scale = jnp.asarray(rng.uniform(0.5, 2.0, D), jnp.float32)
+    frames = jnp.asarray(rng.normal(size=(3, N + M, D)), jnp.float32)
+    got = step_scale_of(frames[:, :N], step_scale, 4.0)
+    assert got.shape == (3, D)
+    # Causal: a function of the frames it is given, all of them.
+    np.testing.assert_array_equal(
+        got, step_scale_of(frames.at[:, N:].add(5.0)[:, :N], step_scale, 4.0)
+    )
+    moved = step_scale_of(frames.at[:, N - 1].add(1.0)[:, :N], step_scale, 4.0)
+    assert float(jnp.min(jnp.abs(moved - got))) > 0
+    # prior_steps=0: the RMS of the N-1 context steps.
+    steps = np.diff(np.asarray(frames[:, :N]), axis=1)
+    np.testing.assert_allclose(
+        step_scale_of(frames[:, :N], step_scale, 0.0), np.sqrt((steps**2).mean(1)), rtol=1e-5
+    )
+    # A context moving at exactly the dataset's step scale keeps that scale, whatever the prior.
+    signs = jnp.asarray(rng.choice([-1.0, 1.0], size=(3, N - 1, D)), jnp.float32)
+    walk = jnp.concatenate([jnp.zeros((3, 1, D)), jnp.cumsum(signs * step_scale, axis=1)], axis=1)
+    for prior in (0.0, 4.0, 100.0):
+        np.testing.assert_allclose(
+            step_scale_of(walk, step_scale, prior), jnp.broadcast_to(step_scale, (3, D)), rtol=1e-5
+        )
+    # A still context: the prior pseudo-steps diluted by N-1 zero steps (the dataset's scale only as
+    # the prior dominates).
+    still = jnp.broadcast_to(frames[:, :1], (3, N, D))
+    shrunk = step_scale * np.sqrt(4.0 / (4.0 + N - 1))
+    np.testing.assert_allclose(
+        step_scale_of(still, step_scale, 4.0), jnp.broadcast_to(shrunk, (3, D)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        step_scale_of(still, step_scale, 1e6), jnp.broadcast_to(step_scale, (3, D)), rtol=1e-4
+    )
+
+
+# -- momentum skip --------------------------------------------------------------------------------
+
+
+def _constant_velocity_context(sign: float = 1.0):
+    """(context [B, N, D] moving by ``velocity [D]`` per frame, velocity) in raw units; the velocity
+    is two typical steps a frame."""
+    _, scaler, fixed = _data()
+    direction = jnp.asarray(np.random.default_rng(1).choice([-1.0, 1.0], D), jnp.float32)
+    velocity = sign * 2.0 * scaler.scale * scaler.step_scale * direction
+    frame_index = jnp.arange(N, dtype=jnp.float32)[None, :, None]
+    return fixed[:B, 0][:, None] + frame_index * velocity, velocity
+
+
+def _momentum(variables):
+    """The ``momentum`` parameter ``[D]`` (rho), wherever the module keeps it."""
+    found = [
+        x
+        for path, x in jax.tree_util.tree_leaves_with_path(variables["params"])
+        if path[-1].key == "momentum"
+    ]
+    assert len(found) == 1, "expected one 'momentum' parameter"
+    return found[0]
+
+
+def _progress_along(samples, context, velocity):
+    """``[S, B, M, D]`` -> ``[S, B, M]``: displacement from the last observed frame in units of
+    ``velocity`` (hold-last: 0; continuing at constant velocity: 1, 2, ...)."""
+    return jnp.sum((samples - context[None, :, -1:]) * velocity, axis=-1) / jnp.sum(velocity**2)
+
+
+def test_untrained_vrnn_momentum_extrapolates_the_last_step():
+    # The decoder's mean head starts at zero, so with its noise off the untrained forecast is
+    # exactly the damped momentum, whatever z is: step j adds rho^j times the last observed step
+    # (rho = 0.3 at init).
+    f = _create("vrnn", decoder_temperature=0.0)
+    v0 = _trained("vrnn").initial  # the temperature changes no parameter
+    np.testing.assert_allclose(_momentum(v0), 0.3)
+    context, velocity = _constant_velocity_context()
+    sample = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+    s = sample(v0, context, horizon=M, rng=jax.random.PRNGKey(0), num_samples=S)
+    expected = np.cumsum(0.3 ** np.arange(1, M + 1))  # 0.3, 0.39, 0.417
+    np.testing.assert_allclose(
+        _progress_along(s, context, velocity).mean(0), np.broadcast_to(expected, (B, M)), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        s,
+        jnp.broadcast_to(context[None, :, -1:] + expected[:, None] * velocity, s.shape),
+        atol=1e-4,
+    )
+
+
+def test_untrained_grunf_momentum_shifts_the_sample_mean_ahead():
+    # The untrained flow is a standard normal that ignores its condition, shifted by rho times the
+    # last step: the sample mean sits 0.3 steps ahead of hold-last, and mirroring the motion mirrors
+    # the shift exactly under the same key (the noise, not depending on the context, cancels).
+    t = _trained("grunf")
+    np.testing.assert_allclose(_momentum(t.initial), 0.3)
+    sample = _sampler("grunf")
+    ahead_ctx, velocity = _constant_velocity_context(1.0)
+    back_ctx, _ = _constant_velocity_context(-1.0)
+    ahead = sample(t.initial, ahead_ctx, horizon=LONG, rng=jax.random.PRNGKey(0), num_samples=S)
+    back = sample(t.initial, back_ctx, horizon=LONG, rng=jax.random.PRNGKey(0), num_samples=S)
+    progress = _progress_along(ahead, ahead_ctx, velocity)[:, :, 0]  # [S, B]
+    assert 0.15 < float(progress.mean()) < 0.45, progress
+    mirrored = (ahead[:, :, 0] - ahead_ctx[:, -1]) - (back[:, :, 0] - back_ctx[:, -1])
+    np.testing.assert_allclose(
+        mirrored, jnp.broadcast_to(0.6 * velocity, mirrored.shape), atol=1e-4
+    )
+
+
+# -- energy-score loss ----------------------------------------------------------------------------
+
+
+def test_energy_score_loss_matches_the_metric_and_has_finite_gradients():
+    @quick_jit
+    def scores(samples, target):
+        grad = jax.grad(lambda x: jnp.sum(energy_score_loss(x, target)))(samples)
+        return energy_score_loss(samples, target), kpmetrics.energy_score(samples, target), grad
+
+    rng = np.random.default_rng(0)
+    samples = jnp.asarray(rng.normal(size=(6, 5, M, D)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(5, M, D)), jnp.float32)
+    loss, metric, _ = scores(samples, target)
+    np.testing.assert_allclose(loss, metric, rtol=1e-5)
+    np.testing.assert_allclose(
+        energy_score_loss(samples[:1], target),
+        kpmetrics.energy_score(samples[:1], target),
+        rtol=1e-5,
+    )
+    # Two coinciding samples (a zero pairwise distance) and a sample on the target: finite grads.
+    tied = samples.at[1].set(samples[0]).at[2, 0].set(target[0])
+    loss, metric, grad = scores(tied, target)
+    np.testing.assert_allclose(loss, metric, rtol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(jnp.abs(grad))) > 0
