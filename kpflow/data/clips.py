@@ -17,8 +17,8 @@ from kpflow.keypoints import check_series, keypoints_to_vector
 
 MISSING_DATA_HINT = (
     "point --config.data.dir (or --data_dir) at a folder of per-clip .npz keypoint files "
-    "(value [T,K,2], jacobian [T,K,2,2]), e.g. ../shared/data/vox_keypoints, write one with "
-    "`python -m eval.extract_keypoints`, or use configs/demo.py for synthetic data"
+    "(value [T,K,2], jacobian [T,K,2,2]), e.g. ../shared/data/vox_keypoints, write a synthetic one "
+    "with `python -m kpflow.data.make_synthetic --out DIR`, or use configs/demo.py"
 )
 
 

@@ -60,6 +60,8 @@ class GRUNFForecaster(ForecastModule):
     sign_invariant: bool = False
 
     supports_teacher_forcing = True
+    # The GRU's pass over the context is deterministic: encoding it once per window is exact.
+    two_phase_sampling = True
 
     def setup(self):
         self.embed = nn.Dense(self.hidden, name="embed")
@@ -156,11 +158,19 @@ class GRUNFForecaster(ForecastModule):
         _, frames = scan(self, (state, top, context[:, -1], last_step), truth)
         return frames
 
-    def sample(self, context, horizon, step_scale):
-        """Closed loop from ``context [B, N, D]`` -> ``[B, M, D]``."""
+    def encode(self, context, step_scale):
+        """GRU over ``context [B, N, D]`` -> the state a rollout starts from (deterministic)."""
         scale = self._scale(context, step_scale)
         tops, state = self._encode(context, scale)
-        return self._rollout(state, tops[:, -1], context, horizon, scale)
+        return {"state": state, "top": tops[:, -1], "context": context[:, jnp.array([0, -2, -1])], "scale": scale}
+
+    def rollout(self, enc, horizon, step_scale):
+        """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]``."""
+        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"])
+
+    def sample(self, context, horizon, step_scale):
+        """Closed loop from ``context [B, N, D]`` -> ``[B, M, D]``."""
+        return self.rollout(self.encode(context, step_scale), horizon, step_scale)
 
     def teacher_forced(self, x, step_scale):
         """The authors' protocol: each predicted frame conditions on the TRUE frames before it."""
