@@ -69,7 +69,7 @@ def base_config(dataset: str, arg: str | None) -> tuple[ml_collections.ConfigDic
     c.data.stride = 1  # training windows slide by this many frames
     c.data.augment = ()  # training-batch augmentations: "reflect", "reverse" (train/forecaster.py)
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(num_clips=24, num_speakers=4, min_frames=80, max_frames=240, num_keypoints=10, seed=0)
+        {"num_clips": 24, "num_speakers": 4, "min_frames": 80, "max_frames": 240, "num_keypoints": 10, "seed": 0}
     )
 
     c.model = ml_collections.ConfigDict()
@@ -84,7 +84,9 @@ def base_config(dataset: str, arg: str | None) -> tuple[ml_collections.ConfigDic
     c.train.weight_decay = 0.0
     c.train.clip_norm = 1.0
     c.train.val_samples = 32  # samples per validation window for the closed-loop scores
-    c.train.select_metric = "energy_score"  # validation score that picks the best checkpoint
+    # Validation score that picks the best checkpoint: "balanced" (the worst of mean/hold-last,
+    # best-of-S/hold-last and energy/random-walk), "energy_score", "mae_mean" or "mae_best".
+    c.train.select_metric = "balanced"
     c.train.keep_checkpoints = 2
     return c, flags
 

@@ -12,7 +12,7 @@ Two scalers:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.struct
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ class Keypoints:
         return per_kp.reshape(per_kp.shape[:-2] + (-1,))
 
     @classmethod
-    def from_vector(cls, vector) -> "Keypoints":
+    def from_vector(cls, vector) -> Keypoints:
         """``[.., 6K]`` -> Keypoints. Raises ValueError if the last dimension is not a multiple of 6."""
         d = vector.shape[-1]
         if d % FEATURES_PER_KEYPOINT:
@@ -100,7 +100,7 @@ class MinMaxScaler:
         self.range = np.where(rng > 1e-12, rng, 1.0)
 
     @classmethod
-    def fit(cls, frames: np.ndarray) -> "MinMaxScaler":
+    def fit(cls, frames: np.ndarray) -> MinMaxScaler:
         """``frames [T, D]`` (any leading dims are flattened)."""
         frames = np.asarray(frames).reshape(-1, np.shape(frames)[-1])
         if frames.shape[0] == 0:
@@ -133,7 +133,7 @@ class CausalScaler:
     step_scale: jnp.ndarray
 
     @classmethod
-    def fit(cls, series: Sequence[np.ndarray], min_scale: float = 1e-6) -> "CausalScaler":
+    def fit(cls, series: Sequence[np.ndarray], min_scale: float = 1e-6) -> CausalScaler:
         """``series``: list of ``[T_i, D]`` arrays (the training split)."""
         series = [np.asarray(s, np.float64) for s in series if len(s) > 0]
         if not series:
@@ -154,7 +154,7 @@ class CausalScaler:
         )
 
     @classmethod
-    def identity(cls, dim: int) -> "CausalScaler":
+    def identity(cls, dim: int) -> CausalScaler:
         one = jnp.ones((dim,), jnp.float32)
         return cls(loc=jnp.zeros((dim,), jnp.float32), scale=one, step_scale=one)
 
@@ -168,5 +168,5 @@ class CausalScaler:
         return {k: np.asarray(getattr(self, k)).tolist() for k in ("loc", "scale", "step_scale")}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CausalScaler":
+    def from_dict(cls, d: dict) -> CausalScaler:
         return cls(**{k: jnp.asarray(np.asarray(d[k], np.float32)) for k in ("loc", "scale", "step_scale")})

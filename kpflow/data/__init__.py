@@ -24,8 +24,24 @@ from kpflow.data.windows import (
 )
 
 __all__ = [
-    "MISSING_DATA_HINT", "ClipSet", "load_clip", "load_folder", "save_clip", "speaker_of",
-    "split_by_fraction", "split_by_list", "split_by_speaker", "synthetic_clips",
-    "write_synthetic_folder", "load_clips", "load_splits", "batches", "check_long_enough", "evaluation_windows",
-    "observed_frames_of_windows", "parse_horizon", "sliding_windows", "stack_windows",
+    "MISSING_DATA_HINT",
+    "ClipSet",
+    "batches",
+    "check_long_enough",
+    "evaluation_windows",
+    "load_clip",
+    "load_clips",
+    "load_folder",
+    "load_splits",
+    "observed_frames_of_windows",
+    "parse_horizon",
+    "save_clip",
+    "sliding_windows",
+    "speaker_of",
+    "split_by_fraction",
+    "split_by_list",
+    "split_by_speaker",
+    "stack_windows",
+    "synthetic_clips",
+    "write_synthetic_folder",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def load_clip(path: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as f:
             names = sorted(f.files)
             arrays = {k: f[k] for k in ("value", "jacobian") if k in f.files}
-    except Exception as e:  # not a zip, truncated, or a pickle: all unreadable as keypoints
+    except Exception as e:  # noqa: BLE001 -- not a zip, truncated, a pickle: all unreadable as keypoints
         raise ValueError(f"{path}: not a readable .npz keypoint file ({type(e).__name__}: {e})") from None
     if len(arrays) < 2:
         raise ValueError(f"{path}: needs arrays 'value' [T,K,2] and 'jacobian' [T,K,2,2], has {names}")
@@ -81,7 +81,7 @@ class ClipSet:
     def series(self) -> list[np.ndarray]:
         return list(self.clips.values())
 
-    def subset(self, names: Iterable[str]) -> "ClipSet":
+    def subset(self, names: Iterable[str]) -> ClipSet:
         names = list(names)
         missing = [n for n in names if n not in self.clips]
         if missing:
@@ -136,10 +136,10 @@ def split_by_fraction(clips: ClipSet, fraction: float, seed: int = 0) -> tuple[C
     speakers = clips.speakers()
     rng = np.random.default_rng(seed)
     if len(speakers) > 1:
-        n_hold = min(len(speakers) - 1, max(1, int(round(fraction * len(speakers)))))
+        n_hold = min(len(speakers) - 1, max(1, round(fraction * len(speakers))))
         return split_by_speaker(clips, sorted(rng.choice(speakers, n_hold, replace=False).tolist()))
     names = clips.names
-    n_hold = min(len(names) - 1, max(1, int(round(fraction * len(names)))))
+    n_hold = min(len(names) - 1, max(1, round(fraction * len(names))))
     if n_hold < 1:
         raise ValueError(f"{clips.source}: need at least two clips to make a validation split")
     hold = sorted(rng.choice(names, n_hold, replace=False).tolist())

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 
-from kpflow.data.clips import ClipSet, load_folder, split_by_fraction, split_by_list, split_by_speaker
+from kpflow.data.clips import (
+    ClipSet,
+    load_folder,
+    split_by_fraction,
+    split_by_list,
+    split_by_speaker,
+)
 from kpflow.data.synthetic import synthetic_clips
 
 

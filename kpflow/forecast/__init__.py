@@ -53,4 +53,4 @@ def create(name: str, *, dim: int = 60, num_observed: int = 6, horizon: int = 6,
     return Forecaster(name=name, module=cls(dim=dim, num_observed=num_observed, horizon=horizon, **hparams))
 
 
-__all__ = ["Forecaster", "ForecastModule", "REGISTRY", "MODELS", "BASELINES", "create", "module_class"]
+__all__ = ["BASELINES", "MODELS", "REGISTRY", "ForecastModule", "Forecaster", "create", "module_class"]

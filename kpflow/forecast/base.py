@@ -27,7 +27,8 @@ horizon)`` (one sample, drawing from ``self.make_rng('sample')``) and optionally
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -163,7 +164,7 @@ class Forecaster:
             raise ValueError(f"{self.name} forecasts exactly {self.horizon} frames (its trained horizon); got {horizon}")
         if type(self.module).two_phase_sampling:
             return self._two_phase(variables, context, horizon, rng, num_samples)
-        fn = lambda mdl, z, step_scale: mdl.sample(z, horizon, step_scale)  # noqa: E731
+        fn = lambda mdl, z, step_scale: mdl.sample(z, horizon, step_scale)
         return self._vmapped(variables, fn, context, rng, num_samples)
 
     def _two_phase(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int):
@@ -185,7 +186,7 @@ class Forecaster:
         """``window [B, N+M, D]`` raw -> ``[S, B, M, D]`` under the authors' teacher-forced protocol."""
         if not self.supports_teacher_forcing:
             raise ValueError(f"{self.name} is not recurrent: the teacher_forced protocol does not apply")
-        fn = lambda mdl, z, step_scale: mdl.teacher_forced(z, step_scale)  # noqa: E731
+        fn = lambda mdl, z, step_scale: mdl.teacher_forced(z, step_scale)
         return self._vmapped(variables, fn, window, rng, num_samples)
 
 

@@ -200,10 +200,10 @@ class VRNNForecaster(ForecastModule):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with ``truth``)."""
         anchor, scale = state["anchor"], state["scale"]
         if truth is None:
-            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale)  # noqa: E731
+            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale)
             _, frames = self._scan(body, state["carry"], None, length=horizon)
         else:
-            body = lambda m, c, f: m._forecast_step(c, f, anchor, scale)  # noqa: E731
+            body = lambda m, c, f: m._forecast_step(c, f, anchor, scale)
             _, frames = self._scan(body, state["carry"], truth)
         return frames
 
