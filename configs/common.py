@@ -118,7 +118,7 @@ MODEL_SIZES = {
         "cpu": {
             "hidden": 64, "latent": 16, "prior_hidden": 64, "posterior_hidden": 64,
             "decoder_hidden": 64, "residual": True, "kl_weight": 0.2, "free_bits": 0.0,
-            "decoder_temperature": 0.5, "adaptive_scale": 4.0, "momentum": True,
+            "decoder_temperature": 0.5, "adaptive_scale": 4.0, "momentum": True, "sign_invariant": True,
         },
     },
     "grunf": {
