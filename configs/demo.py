@@ -19,13 +19,16 @@ DEMO_SIZES = {
         "num_blocks": 2, "hidden": 32, "num_layers": 2, "activation": "tanh", "norm": "batch",
         "context_hidden": 32, "residual": True,
     },
+    # VRNN and GRU-NF carry the structural defaults of their :cpu configs (configs/common.py).
     "vrnn": {
         "hidden": 32, "latent": 8, "prior_hidden": 32, "posterior_hidden": 32, "decoder_hidden": 32,
-        "residual": True, "kl_weight": 1.0, "free_bits": 0.0,
+        "residual": True, "kl_weight": 0.2, "free_bits": 0.0, "decoder_temperature": 0.5,
+        "adaptive_scale": 4.0, "momentum": True, "sign_invariant": True,
     },
     "grunf": {
         "hidden": 32, "num_gru_layers": 1, "num_blocks": 2, "flow_hidden": 32, "flow_layers": 2,
-        "activation": "tanh", "norm": "batch", "residual": True,
+        "activation": "tanh", "norm": "batch", "residual": True, "temperature": 0.85,
+        "adaptive_scale": 4.0, "momentum": True, "sign_invariant": True,
     },
 }
 
@@ -44,7 +47,9 @@ def get_config(arg=None):
     config.variant = "demo"
     config.model = ml_collections.ConfigDict(dict(name=model, **DEMO_SIZES[model]))
     config.train.update(
-        batch_size=32, num_epochs=4, steps_per_epoch=40, warmup_steps=20, val_samples=8,
+        batch_size=32, num_epochs=8, steps_per_epoch=100, warmup_steps=50, val_samples=16,
         keep_checkpoints=1,
     )
+    if model in ("vrnn", "grunf"):
+        config.data.augment = common.CPU_AUGMENT
     return config
