@@ -371,3 +371,13 @@ def test_energy_score_loss_matches_the_metric_and_has_finite_gradients():
     loss, metric, grad = scores(tied, target)
     np.testing.assert_allclose(loss, metric, rtol=1e-5)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(jnp.abs(grad))) > 0
+
+
+def test_context_step_scale_negative_prior_uses_dataset_scale():
+    # adaptive_scale < 0 turns adaptation off: every window gets the dataset's step scale.
+    from kpflow.forecast.base import context_step_scale
+
+    context = jnp.cumsum(jax.random.normal(jax.random.PRNGKey(0), (3, 6, 4)), axis=1)
+    step_scale = jnp.array([0.5, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(context_step_scale(context, step_scale, -1.0), jnp.broadcast_to(step_scale, (3, 4)))
+    assert not np.allclose(context_step_scale(context, step_scale, 4.0), jnp.broadcast_to(step_scale, (3, 4)))

@@ -219,9 +219,22 @@ def context_step_scale(context: jnp.ndarray, step_scale: jnp.ndarray, prior_step
     ``prior_steps`` pseudo-steps: ``sqrt((p s^2 + sum_t dx_t^2) / (p + N - 1))``. It uses observed
     frames only, so it is causal; dividing a window's steps by it (as reversible instance
     normalisation does) makes a model indifferent to how much a particular clip moves, which the
-    papers' per-clip min-max units reward, and lets it follow changing volatility.
+    papers' per-clip min-max units reward, and lets it follow changing volatility. A negative
+    ``prior_steps`` turns the adaptation off: every window gets the dataset's ``step_scale``.
     """
     steps = jnp.diff(context, axis=1)
-    num = prior_steps * step_scale**2 + jnp.sum(steps**2, axis=1)
+    p = jnp.maximum(prior_steps, 0.0)
+    num = p * step_scale**2 + jnp.sum(steps**2, axis=1)
     # The floor keeps a dimension that did not move (with prior_steps=0) from dividing by zero.
-    return jnp.maximum(jnp.sqrt(num / (prior_steps + steps.shape[1])), 1e-3 * step_scale)
+    adaptive = jnp.maximum(jnp.sqrt(num / (p + steps.shape[1])), 1e-3 * step_scale)
+    return jnp.where(prior_steps < 0, jnp.broadcast_to(step_scale, adaptive.shape), adaptive)
+
+
+def gaussian_nll(y: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """Element-wise ``-log N(y; mean, std^2)``."""
+    return 0.5 * jnp.square((y - mean) / std) + jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi)
+
+
+def gaussian_kl(mq: jnp.ndarray, sq: jnp.ndarray, mp: jnp.ndarray, sp: jnp.ndarray) -> jnp.ndarray:
+    """``KL(N(mq, sq^2) || N(mp, sp^2))`` summed over the last axis."""
+    return jnp.sum(jnp.log(sp / sq) + (jnp.square(sq) + jnp.square(mq - mp)) / (2 * jnp.square(sp)) - 0.5, axis=-1)

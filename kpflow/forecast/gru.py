@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from kpflow.forecast.base import (
     ForecastModule,
     frame_to_residual_target,
+    gaussian_nll,
     residual_head_to_frame,
     step_features,
 )
@@ -51,11 +52,6 @@ class StackedGRUCell(nn.Module):
         return tuple(
             jnp.zeros((batch_size, self.hidden), jnp.float32) for _ in range(self.num_layers)
         )
-
-
-def gaussian_nll(y: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
-    """Element-wise ``-log N(y; mean, std^2)``."""
-    return 0.5 * jnp.square((y - mean) / std) + jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi)
 
 
 class GRUForecaster(ForecastModule):

@@ -74,10 +74,8 @@ class GRUNFForecaster(ForecastModule):
             self.rho = self.param("momentum", nn.initializers.constant(0.3), (self.dim,))
 
     def _scale(self, context, step_scale):
-        """The step scale of each window, ``[B, D]``, from its observed frames (or the dataset's)."""
-        if self.adaptive_scale >= 0:
-            return context_step_scale(context, step_scale, self.adaptive_scale)
-        return jnp.broadcast_to(step_scale, context[:, 0].shape)
+        """``[B, D]`` step scale of each window (see ``context_step_scale``)."""
+        return context_step_scale(context, step_scale, self.adaptive_scale)
 
     def _shift(self, last_step):
         """Mean step implied by momentum (zero without it)."""

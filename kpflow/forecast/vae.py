@@ -19,9 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ForecastModule, step_features
+from kpflow.forecast.base import ForecastModule, gaussian_kl, gaussian_nll, step_features
 from kpflow.forecast.flows import MLP
-from kpflow.forecast.gru import gaussian_nll
 from kpflow.forecast.nf import future_targets, heads_to_frames
 
 _MIN_STD = 1e-4
@@ -32,14 +31,6 @@ def _mean_std(out: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``[.., 2L]`` -> mean ``[.., L]``, softplus std ``[.., L]``."""
     mean, raw = jnp.split(out, 2, axis=-1)
     return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
-
-
-def gaussian_kl(mq: jnp.ndarray, sq: jnp.ndarray, mp: jnp.ndarray, sp: jnp.ndarray) -> jnp.ndarray:
-    """``KL(N(mq, sq^2) || N(mp, sp^2))`` summed over the last axis."""
-    return jnp.sum(
-        jnp.log(sp / sq) + (jnp.square(sq) + jnp.square(mq - mp)) / (2 * jnp.square(sp)) - 0.5,
-        axis=-1,
-    )
 
 
 class VAEForecaster(ForecastModule):

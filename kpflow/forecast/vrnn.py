@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ForecastModule, context_step_scale
+from kpflow.forecast.base import ForecastModule, context_step_scale, gaussian_kl, gaussian_nll
 from kpflow.forecast.scoring import closed_loop_energy
 
 _MIN_STD = 1e-3
@@ -47,16 +47,6 @@ class GaussianHead(nn.Module):
         mean = nn.Dense(self.out, kernel_init=nn.initializers.zeros)(x)
         std = nn.softplus(nn.Dense(self.out)(x)) + _MIN_STD
         return mean, std
-
-
-def gaussian_kl(mq, sq, mp, sp):
-    """KL(N(mq, sq) || N(mp, sp)) summed over the last axis."""
-    return jnp.sum(jnp.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5, axis=-1)
-
-
-def gaussian_nll(x, mean, std):
-    """Negative log-density of ``x`` under N(mean, std), summed over the last axis."""
-    return jnp.sum(0.5 * ((x - mean) / std) ** 2 + jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
 
 class VRNNForecaster(ForecastModule):
@@ -116,10 +106,8 @@ class VRNNForecaster(ForecastModule):
 
     # -- one step -------------------------------------------------------------------------------
     def _scale(self, context, step_scale):
-        """``[B, D]`` step scale of each window, from its observed frames (or the dataset's)."""
-        if self.adaptive_scale >= 0:
-            return context_step_scale(context, step_scale, self.adaptive_scale)
-        return jnp.broadcast_to(step_scale, context[:, 0].shape)
+        """``[B, D]`` step scale of each window (see ``context_step_scale``)."""
+        return context_step_scale(context, step_scale, self.adaptive_scale)
 
     def _features(self, frame, prev, anchor, scale, magnitudes: bool = False):
         feats = jnp.concatenate([(frame - anchor) / scale, (frame - prev) / scale], -1)
@@ -150,7 +138,7 @@ class VRNNForecaster(ForecastModule):
         z = mq + sq * jax.random.normal(self.make_rng("sample"), mq.shape, mq.dtype)
         dz, mean, std = self._decode(h, z, last_step)
         target = (frame - prev) / scale if self.residual else frame
-        nll, kl = gaussian_nll(target, mean, std), gaussian_kl(mq, sq, mp, sp)
+        nll, kl = jnp.sum(gaussian_nll(target, mean, std), axis=-1), gaussian_kl(mq, sq, mp, sp)
         return self._advance(h, frame, prev, dz, anchor, scale), (nll, kl)
 
     def _forecast_step(self, carry, truth, anchor, scale):
