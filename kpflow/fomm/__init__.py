@@ -1,0 +1,1 @@
+"""First Order Motion Model (Siarohin et al. 2019) in Flax, NHWC."""
