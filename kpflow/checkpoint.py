@@ -25,24 +25,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
-from typing_extensions import Self
 
 from kpflow import forecast
 from kpflow.data import ClipSet, load_clips, load_splits
+from kpflow.run_store import CheckpointStore as _Store
+from kpflow.run_store import write_json
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
 
 TRAIN_HINT = "train one with `python -m train.forecaster --config configs/<model>_<dataset>.py --workdir DIR`"
 
@@ -67,7 +63,7 @@ def build_forecaster(config: ml_collections.ConfigDict, dim: int) -> forecast.Fo
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+    write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -83,7 +79,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def save_split(workdir: str, train: ClipSet, val: ClipSet, data_config) -> None:
     os.makedirs(workdir, exist_ok=True)
     data = json.loads(ml_collections.ConfigDict(dict(data_config)).to_json_best_effort())
-    _write_json(
+    write_json(
         os.path.join(workdir, SPLIT_FILE), {"train": train.names, "val": val.names, "dim": train.dim, "data": data}
     )
 
@@ -115,117 +111,14 @@ def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.Conf
     raise ValueError(f"{workdir!r} holds a run with a different {diff}; use a new --workdir, or the same config to resume")
 
 
-def _write_json(path: str, obj: Any) -> None:
-    # Write then rename, so a crash never leaves half a file.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
-def _abstract(tree: Any, sharding=None) -> Any:
-    """Shape/dtype/sharding skeleton of ``tree`` (arrays or ShapeDtypeStructs), the orbax restore target."""
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
-
-
-class CheckpointStore:
-    """The two orbax managers of a run directory: the latest ``keep`` states and the best one.
-
-    Saves are asynchronous: :meth:`save` returns while orbax writes in the background, and every
-    later save (and :meth:`close`) first waits for the previous one. Always ``close()`` (or use it as
-    a context manager) before the process exits, or the last checkpoint may be incomplete.
-    """
+class CheckpointStore(_Store):
+    """:class:`kpflow.run_store.CheckpointStore` whose errors say how to train a forecaster."""
 
     def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
-        self.workdir = workdir
-        self.keep = max(1, int(keep))
-        self.read_only = read_only
-        self._managers: dict[str, ocp.CheckpointManager] = {}
-
-    def _manager(self, which: str) -> ocp.CheckpointManager:
-        """The manager of ``which`` ("latest" or "best"), opened on first use."""
-        if which not in ("latest", "best"):
-            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-        if which not in self._managers:
-            path = os.path.abspath(os.path.join(self.workdir, BEST_DIR if which == "best" else CHECKPOINT_DIR))
-            if self.read_only and not os.path.isdir(path):
-                raise FileNotFoundError(f"{path!r} does not exist: the run saved no {which} checkpoint; {TRAIN_HINT}")
-            if self.read_only:  # the settings orbax would otherwise override, with a warning each
-                options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
-            else:
-                options = ocp.CheckpointManagerOptions(max_to_keep=self.keep if which == "latest" else 1, create=True)
-            self._managers[which] = ocp.CheckpointManager(path, options=options, item_names=("variables", "train", "meta"))
-        return self._managers[which]
-
-    def latest_step(self, which: str = "latest") -> int | None:
-        return self._manager(which).latest_step()
-
-    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool) -> None:
-        """Save one state at ``step``; also as the best state when ``is_best``.
-
-        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree;
-        ``meta``: JSON-serialisable dict (step, epoch, scores).
-        """
-        self._manager("latest").save(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables),
-                train=ocp.args.StandardSave(train),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        if is_best:
-            self._manager("best").save(
-                step,
-                args=ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
-                force=True,
-            )
-
-    def restore(self, which: str, variables_target: Any, train_target: Any = None, sharding=None):
-        """-> ``(variables, train or None, meta)`` of the newest step of ``which`` ("latest" or "best").
-
-        ``*_target``: pytrees of arrays or ShapeDtypeStructs with the expected structure (e.g. from
-        ``jax.eval_shape(forecaster.init, ...)``); restored leaves are ``jax.Array`` placed with
-        ``sharding`` (default: this process's first device). ``train_target`` None skips the
-        optimizer state. Raises FileNotFoundError (one line) if there is no checkpoint.
-        """
-        manager = self._manager(which)
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(
-                f"{os.path.join(self.workdir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)!r} holds no "
-                f"checkpoint yet (a run saves one after its first epoch); {TRAIN_HINT}"
-            )
-        args = {
-            "variables": ocp.args.StandardRestore(_abstract(variables_target, sharding)),
-            "meta": ocp.args.JsonRestore(),
-        }
-        if train_target is not None:
-            args["train"] = ocp.args.StandardRestore(_abstract(train_target, sharding))
-        restored = manager.restore(step, args=ocp.args.Composite(**args))
-        return restored["variables"], (restored["train"] if train_target is not None else None), dict(restored["meta"])
-
-    def wait(self) -> None:
-        """Block until pending asynchronous saves are on disk."""
-        for manager in self._managers.values():
-            manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.wait()
-        for manager in self._managers.values():
-            manager.close()
-        self._managers = {}
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__(workdir, keep=keep, read_only=read_only, hint=TRAIN_HINT)
 
 
 # -- loading a trained forecaster -----------------------------------------------------------------

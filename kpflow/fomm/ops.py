@@ -196,3 +196,9 @@ def invert_2x2(matrix: jnp.ndarray) -> jnp.ndarray:
     det = a * d - b * c
     adj = jnp.stack([jnp.stack([d, -b], -1), jnp.stack([-c, a], -1)], -2)
     return adj / det[..., None, None]
+
+
+def scale_key(scale) -> str:
+    """``1``, ``1.0 -> "1"``; ``0.5 -> "0.5"``: the suffix of pyramid keys ``prediction_<scale>``,
+    the same whether a config holds the scale as an int or a float."""
+    return f"{float(scale):g}"
