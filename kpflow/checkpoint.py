@@ -32,8 +32,8 @@ import ml_collections
 
 from kpflow import forecast
 from kpflow.data import ClipSet, load_clips, load_splits
+from kpflow.run_store import BEST_DIR, CHECKPOINT_DIR, write_json  # noqa: F401  (re-exported)
 from kpflow.run_store import CheckpointStore as _Store
-from kpflow.run_store import write_json
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
