@@ -70,18 +70,14 @@ class CheckpointStore:
     def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool) -> None:
         """Save one state at ``step``; also as the best state when ``is_best``.
 
-        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree;
+        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree (None for
+        an inference-only directory);
         ``meta``: JSON-serialisable dict (step, epoch, scores).
         """
-        self._manager("latest").save(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables),
-                train=ocp.args.StandardSave(train),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        items = {"variables": ocp.args.StandardSave(variables), "meta": ocp.args.JsonSave(meta)}
+        if train is not None:
+            items["train"] = ocp.args.StandardSave(train)
+        self._manager("latest").save(step, args=ocp.args.Composite(**items), force=True)
         if is_best:
             self._manager("best").save(
                 step,
@@ -93,7 +89,7 @@ class CheckpointStore:
         """-> ``(variables, train or None, meta)`` of the newest step of ``which`` ("latest" or "best").
 
         ``*_target``: pytrees of arrays or ShapeDtypeStructs with the expected structure (e.g. from
-        ``jax.eval_shape(forecaster.init, ...)``); restored leaves are ``jax.Array`` placed with
+        ``jax.eval_shape(forecaster.init, ...)``; None restores the saved tree as it is); restored leaves are ``jax.Array`` placed with
         ``sharding`` (default: this process's first device). ``train_target`` None skips the
         optimizer state. Raises FileNotFoundError (one line) if there is no checkpoint.
         """
@@ -105,7 +101,9 @@ class CheckpointStore:
                 f"checkpoint yet (a run saves one after its first epoch)" + (f"; {self.hint}" if self.hint else "")
             )
         args = {
-            "variables": ocp.args.StandardRestore(abstract_like(variables_target, sharding)),
+            "variables": ocp.args.StandardRestore(
+                None if variables_target is None else abstract_like(variables_target, sharding)
+            ),
             "meta": ocp.args.JsonRestore(),
         }
         if train_target is not None:

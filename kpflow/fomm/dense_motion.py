@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from kpflow.fomm.blocks import Hourglass, conv
-from kpflow.fomm.ops import anti_alias_downsample, grid_sample, invert_2x2, kp2gaussian, make_coordinate_grid
+from kpflow.fomm.ops import (
+    anti_alias_downsample,
+    grid_sample,
+    invert_2x2,
+    kp2gaussian,
+    make_coordinate_grid,
+)
 from kpflow.keypoints import Keypoints
 
 

@@ -8,7 +8,6 @@ vectors ``u`` and ``v`` kept in the ``batch_stats`` collection (frozen in evalua
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax

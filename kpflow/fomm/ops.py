@@ -172,8 +172,8 @@ def anti_alias_downsample(x: jnp.ndarray, scale: float) -> jnp.ndarray:
     channels = x.shape[-1]
     weight = jnp.asarray(np.tile(kernel[:, :, None, None], (1, 1, 1, channels)), dtype=x.dtype)
     inv = 1.0 / scale
-    stride = int(round(inv)) if math.isclose(inv, round(inv)) else 1
-    out_h, out_w = int(math.floor(x.shape[1] * scale)), int(math.floor(x.shape[2] * scale))
+    stride = round(inv) if math.isclose(inv, round(inv)) else 1
+    out_h, out_w = math.floor(x.shape[1] * scale), math.floor(x.shape[2] * scale)
     out = jax.lax.conv_general_dilated(
         x,
         weight,
