@@ -131,6 +131,7 @@ def fomm_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDi
     if variant == "tiny":
         tiny_model(config.model)
         config.data.frame_shape = [64, 64, 3]
+        config.data.id_sampling = False  # a handful of clips, often of one speaker
         if dataset == "mgif":
             config.data.augmentation.crop_param.size = [64, 64]
         config.train.update(

@@ -46,6 +46,7 @@ from kpflow.data import (
 )
 from kpflow.forecast import Forecaster
 from kpflow.keypoints import CausalScaler, MinMaxScaler
+from train.cli import one_line, parse_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "forecaster config file, e.g. configs/vrnn_vox.py:cpu", lock_config=True)
@@ -521,27 +522,6 @@ def _round_up(x: int, multiple: int) -> int:
 # -- command line -----------------------------------------------------------------------------------
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception as one line: multi-line messages joined, a trailing "Type: message" unwrapped."""
-    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(error).__name__
-    if any(ln.startswith("Traceback") for ln in lines):  # config_flags embeds the config file's traceback
-        return lines[-1].split(": ", 1)[-1]
-    return " ".join(lines)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing whose errors are one line (config-file errors arrive with a traceback inside)."""
-    try:
-        return FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # --config.train.nosuch=1
-        field = str(e).strip("\"'")
-        raise SystemExit(f"error: unknown config field {field!r} in a --config.* override") from None
-    except (flags.Error, ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"error: {_one_line(e)}") from None
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
@@ -556,7 +536,7 @@ def main(argv: list[str]) -> None:
             raise FileNotFoundError(f"config file {path!r} not found; the configs are in configs/, e.g. configs/demo.py")
         exp = prepare(FLAGS.config, FLAGS.workdir)
     except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {_one_line(e)}") from None
+        raise SystemExit(f"error: {one_line(e)}") from None
     try:
         best = fit(exp)
     except TrainingDiverged as e:
