@@ -21,18 +21,18 @@ AUGMENTATION = {
     "bair": {"flip_param": {"horizontal_flip": True, "time_flip": True}, "jitter_param": dict(_JITTER)},
     "mgif": {
         "flip_param": {"horizontal_flip": True, "time_flip": True},
-        "crop_param": {"size": [256, 256]},
-        "resize_param": {"ratio": [0.9, 1.1]},
+        "crop_param": {"size": (256, 256)},
+        "resize_param": {"ratio": (0.9, 1.1)},
         "jitter_param": {"hue": 0.5},
     },
 }
 # Official train_params that differ per dataset.
 SCHEDULE = {
-    "vox": {"num_epochs": 100, "num_repeats": 75, "epoch_milestones": [60, 90], "batch_size": 40,
+    "vox": {"num_epochs": 100, "num_repeats": 75, "epoch_milestones": (60, 90), "batch_size": 40,
             "checkpoint_freq": 50, "generator_gan": 0.0},
-    "mgif": {"num_epochs": 100, "num_repeats": 25, "epoch_milestones": [60, 90], "batch_size": 36,
+    "mgif": {"num_epochs": 100, "num_repeats": 25, "epoch_milestones": (60, 90), "batch_size": 36,
              "checkpoint_freq": 100, "generator_gan": 1.0},
-    "bair": {"num_epochs": 20, "num_repeats": 1, "epoch_milestones": [12, 18], "batch_size": 36,
+    "bair": {"num_epochs": 20, "num_repeats": 1, "epoch_milestones": (12, 18), "batch_size": 36,
              "checkpoint_freq": 10, "generator_gan": 1.0},
 }
 DATA_DIRS = {"vox": "data/vox", "mgif": "data/moving-gif", "bair": "data/bair"}
@@ -59,7 +59,7 @@ def model_config(dataset: str) -> ml_collections.ConfigDict:
             "estimate_occlusion_map": True,
             "dense_motion_params": {"block_expansion": 64, "max_features": 1024, "num_blocks": 5, "scale_factor": 0.25},
         },
-        "discriminator": {"scales": [1], "block_expansion": 32, "max_features": 512, "num_blocks": 4, "sn": True},
+        "discriminator": {"scales": (1,), "block_expansion": 32, "max_features": 512, "num_blocks": 4, "sn": True},
     })
 
 
@@ -87,7 +87,7 @@ def fomm_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDi
 
     config.data = ml_collections.ConfigDict({
         "dir": DATA_DIRS[dataset],
-        "frame_shape": [256, 256, 3],
+        "frame_shape": (256, 256, 3),
         "id_sampling": dataset == "vox",
         "augmentation": AUGMENTATION[dataset],
         "cache": True,
@@ -103,15 +103,15 @@ def fomm_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDi
         "adam_b1": 0.5,
         "adam_b2": 0.999,
         "batch_size": sched["batch_size"],
-        "scales": [1, 0.5, 0.25, 0.125],
+        "scales": (1, 0.5, 0.25, 0.125),
         "checkpoint_freq": sched["checkpoint_freq"],  # epochs between kept checkpoints
         "keep_checkpoints": 2,
         "transform": {"sigma_affine": 0.05, "sigma_tps": 0.005, "points_tps": 5},
         "loss_weights": {
             "generator_gan": sched["generator_gan"],
             "discriminator_gan": 1.0,
-            "feature_matching": [10.0, 10.0, 10.0, 10.0],
-            "perceptual": [10.0, 10.0, 10.0, 10.0, 10.0],
+            "feature_matching": (10.0, 10.0, 10.0, 10.0),
+            "perceptual": (10.0, 10.0, 10.0, 10.0, 10.0),
             "equivariance_value": 10.0,
             "equivariance_jacobian": 10.0,
         },
@@ -130,15 +130,15 @@ def fomm_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDi
 
     if variant == "tiny":
         tiny_model(config.model)
-        config.data.frame_shape = [64, 64, 3]
+        config.data.frame_shape = (64, 64, 3)
         config.data.id_sampling = False  # a handful of clips, often of one speaker
         if dataset == "mgif":
-            config.data.augmentation.crop_param.size = [64, 64]
+            config.data.augmentation.crop_param.size = (64, 64)
         config.train.update(
             num_epochs=1000,
             num_repeats=10,
             batch_size=8,
-            epoch_milestones=[800, 900],
+            epoch_milestones=(800, 900),
             checkpoint_freq=5,
             perceptual="pixel_l1",
             image_every=100,
@@ -148,5 +148,5 @@ def fomm_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDi
             eval_frames=16,
             max_minutes=15.0,
         )
-        config.train.loss_weights.perceptual = [10.0]
+        config.train.loss_weights.perceptual = (10.0,)
     return config

@@ -394,7 +394,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if os.path.isfile(os.path.join(workdir, "config.json")):
         saved = load_config(workdir)
-        if saved.model.to_dict() != config.model.to_dict():
+        if json.loads(saved.model.to_json()) != json.loads(config.model.to_json()):
             raise ValueError(f"{workdir!r} holds a FOMM run with a different model config; use a new --workdir")
     main_process = parallel.is_main_process()
     if main_process:
