@@ -18,6 +18,7 @@ with keys ``<network>/<name>`` (e.g. ``generator/first.conv.weight``) converts w
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 
@@ -62,6 +63,23 @@ def flax_location(torch_key: str, value: np.ndarray) -> tuple[str, tuple[str, ..
     return collection, tuple(path), name
 
 
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
+               "u": "weight_u", "v": "weight_v"}
+
+
+def torch_name(full_path: tuple[str, ...]) -> str:
+    """``("params", "a", "down_blocks_3", "conv", "kernel")`` -> ``"a.down_blocks.3.conv.weight"``
+    (the PyTorch name of a Flax variable, for messages; a spectral-norm kernel is ``weight_orig`` there)."""
+    parts = []
+    for part in full_path[1:-1]:
+        for container in _INDEXED:
+            if part.startswith(container + "_"):
+                part = container + "." + part[len(container) + 1 :]
+                break
+        parts.append(part)
+    return ".".join(parts + [_TORCH_LEAF.get(full_path[-1], full_path[-1])])
+
+
 def _flatten(tree, prefix=()) -> dict[tuple[str, ...], object]:
     out = {}
     for k, v in tree.items():
@@ -82,11 +100,16 @@ def _unflatten(flat: dict[tuple[str, ...], np.ndarray]) -> dict:
     return tree
 
 
-def convert_network(state: Mapping[str, np.ndarray], expected: Mapping, network: str) -> dict:
+def convert_network(
+    state: Mapping[str, np.ndarray], expected: Mapping, network: str, anti_alias: Mapping[str, float] | None = None
+) -> dict:
     """One PyTorch state dict -> Flax variables shaped like ``expected`` (e.g. from ``jax.eval_shape``).
 
-    Raises :class:`ConversionError` naming the first unexpected, missing or mis-shaped parameter.
+    ``anti_alias`` maps each anti-aliasing buffer's key (``down.weight``) to the downscaling factor the
+    config expects there. Raises :class:`ConversionError` naming the first unexpected, missing or
+    mis-shaped parameter.
     """
+    anti_alias = dict(anti_alias or {})
     want = {path: tuple(np.shape(x)) for path, x in _flatten(expected).items()}
     got: dict[tuple[str, ...], np.ndarray] = {}
     origin: dict[tuple[str, ...], str] = {}
@@ -95,7 +118,12 @@ def convert_network(state: Mapping[str, np.ndarray], expected: Mapping, network:
         loc = flax_location(key, value)
         if loc is None:
             if key.endswith("down.weight"):
-                _check_anti_alias_buffer(f"{network}.{key}", value)
+                if key not in anti_alias:
+                    raise ConversionError(
+                        f"{network}.{key}: the checkpoint downscales here but the config's model does not "
+                        "(scale_factor 1); does --config match the checkpoint?"
+                    )
+                _check_anti_alias_buffer(f"{network}.{key}", value, anti_alias.pop(key))
             continue
         collection, path, leaf = loc
         full = (collection,) + path + (leaf,)
@@ -113,9 +141,15 @@ def convert_network(state: Mapping[str, np.ndarray], expected: Mapping, network:
             )
         got[full] = value.astype(np.float32)
         origin[full] = key
+    if anti_alias:
+        key = next(iter(anti_alias))
+        raise ConversionError(
+            f"{network}.{key} is missing: the config's model downscales by {anti_alias[key]} there but the "
+            "checkpoint has no anti-aliasing buffer; does --config match the checkpoint?"
+        )
     missing = [p for p in want if p not in got]
     if missing:
-        names = ", ".join("/".join(p) for p in missing[:3])
+        names = ", ".join(f"{network}.{torch_name(p)}" for p in missing[:3])
         raise ConversionError(
             f"{network}: {len(missing)} parameter(s) of the config's model are not in the checkpoint, e.g. {names}; "
             "does --config match the checkpoint?"
@@ -123,15 +157,28 @@ def convert_network(state: Mapping[str, np.ndarray], expected: Mapping, network:
     return _unflatten(got)
 
 
-def _check_anti_alias_buffer(key: str, value: np.ndarray) -> None:
-    """The anti-aliasing kernel is recomputed from the scale; make sure it is the one stored."""
-    size = value.shape[-1]
-    for scale in (0.5, 0.25, 0.125, 1 / 3, 0.2, 0.1):
-        kernel, _, _ = anti_alias_kernel(scale)
-        if kernel.shape[0] == size:
-            if not np.allclose(value[0, 0], kernel, atol=1e-6):
-                raise ConversionError(f"{key}: the anti-aliasing kernel differs from FOMM's Gaussian")
-            return
+def _check_anti_alias_buffer(key: str, value: np.ndarray, scale: float) -> None:
+    """The anti-aliasing Gaussian is recomputed from the config's scale; it must be the one stored
+    (its size is the only trace in a checkpoint of the scale it was trained at)."""
+    kernel, _, _ = anti_alias_kernel(scale)
+    stored = np.asarray(value)[0, 0] if np.ndim(value) == 4 else np.asarray(value)
+    if stored.shape != kernel.shape or not np.allclose(stored, kernel, atol=1e-6):
+        raise ConversionError(
+            f"{key}: the anti-aliasing kernel ({stored.shape[0]}x{stored.shape[-1]}) is not FOMM's Gaussian for "
+            f"the config's scale_factor {scale} ({kernel.shape[0]}x{kernel.shape[1]}); does --config match the checkpoint?"
+        )
+
+
+def anti_alias_buffers(model_config) -> dict[str, dict[str, float]]:
+    """Per network, the anti-aliasing buffer keys the reference model has for ``model_config``."""
+    out: dict[str, dict[str, float]] = {"kp_detector": {}, "generator": {}, "discriminator": {}}
+    kp_scale = float(model_config.kp_detector.get("scale_factor", 1))
+    if kp_scale != 1:
+        out["kp_detector"]["down.weight"] = kp_scale
+    dense = model_config.generator.get("dense_motion_params")
+    if dense is not None and float(dense.get("scale_factor", 1)) != 1:
+        out["generator"]["dense_motion_network.down.weight"] = float(dense["scale_factor"])
+    return out
 
 
 def convert_checkpoint(checkpoint: Mapping[str, Mapping[str, np.ndarray]], config) -> dict:
@@ -141,8 +188,9 @@ def convert_checkpoint(checkpoint: Mapping[str, Mapping[str, np.ndarray]], confi
     for name in ("kp_detector", "generator"):
         if name not in checkpoint:
             raise ConversionError(f"the checkpoint has no {name!r} state dict (found: {sorted(checkpoint)})")
+    buffers = anti_alias_buffers(config.model)
     return {
-        name: convert_network(checkpoint[name], expected[name], name)
+        name: convert_network(checkpoint[name], expected[name], name, buffers[name])
         for name in NETWORKS
         if name in checkpoint
     }
@@ -196,6 +244,15 @@ def main(argv) -> None:
     if FLAGS.skip_discriminator:
         state.pop("discriminator", None)
     variables = convert_checkpoint(state, config)
+    if os.path.exists(os.path.join(FLAGS.out, "checkpoints")) or os.path.exists(os.path.join(FLAGS.out, "config.json")):
+        if not FLAGS.overwrite:
+            raise FileExistsError(f"{FLAGS.out!r} already holds a FOMM model; choose another --out or pass --overwrite")
+        for name in ("checkpoints", "best", "config.json"):
+            path = os.path.join(FLAGS.out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
     count = {k: sum(np.size(x) for x in jax.tree.leaves(v["params"])) for k, v in variables.items()}
     save_model(FLAGS.out, config, variables, meta={"source": os.path.abspath(FLAGS.checkpoint), "networks": sorted(variables)})
     print(f"wrote {FLAGS.out}: " + ", ".join(f"{k} {n / 1e6:.1f} M params" for k, n in count.items()))
@@ -209,13 +266,14 @@ def cli() -> None:
     flags.DEFINE_string("checkpoint", None, "original FOMM checkpoint (.pth.tar) or .npz state")
     flags.DEFINE_string("out", None, "output FOMM directory")
     flags.DEFINE_bool("trust_checkpoint", False, "let torch unpickle arbitrary objects (only for files you trust)")
+    flags.DEFINE_bool("overwrite", False, "replace the model already in --out")
     flags.DEFINE_bool("skip_discriminator", False, "convert only the keypoint detector and generator")
     flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
     def run(argv):
         try:
             main(argv)
-        except (ConversionError, FileNotFoundError, ImportError) as exc:
+        except (ConversionError, OSError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
