@@ -1,8 +1,8 @@
 # kpflow: every target sets itself up on a fresh machine (a .venv beside this file).
 #
-#   make test     the test suite (creates .venv and installs kpflow[dev] on first use)
+#   make test     the test suite (creates .venv and installs kpflow[dev,torch] on first use)
 #   make demo     synthetic data -> train VRNN and GRU-NF -> evaluate -> comparison table (demo_out/)
-#   make bench    sampling speed of the authors'-size VRNN (runs/bench_forecast.json)
+#   make bench    forecaster sampling and FOMM speed (runs/bench_*.json)
 #   make lint     ruff
 #   make torch    the optional PyTorch extra (checkpoint conversion, parity tests)
 #   make clean    caches and demo output (keeps .venv and runs/); make distclean also drops .venv
@@ -25,8 +25,10 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch (the CPU wheel, pinned, first) so that the FOMM conversion and parity tests run too.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e ".[dev,torch]"
 	touch $@
 
 setup: $(STAMP)
@@ -42,6 +44,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m eval.bench forecast --out runs/bench_forecast.json
+	$(PY) -m eval.bench fomm --out runs/bench_fomm.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kpflow train eval configs tests notebooks

@@ -7,6 +7,11 @@ Benchmarks (argparse subcommands; add one with a ``_add_<name>`` parser and a ``
   and as a Python loop calling a jitted single-sample function once per sample (how the authors'
   PyTorch code draws them). Compilation is excluded from both. The reference is the authors'
   VRNN: 100 samples x 24 steps (12-12) in 128 ms on a 2-core CPU (DESIGN.md).
+- ``fomm``: median (and IQR) milliseconds per frame of the FOMM keypoint detector and of the
+  generator (dense motion included), each one jitted call on a batch of ``--batch`` frames,
+  compiled beforehand, with randomly initialised weights (timing does not depend on values) at the
+  official vox-256 config (``--config_variant tiny`` for a quick run). The reference is PyTorch
+  FOMM on a 2-core CPU: generator 1.02 s/frame, detector 33 ms/frame (DESIGN.md).
 
 Timings are measured here, never asserted in tests.
 """
@@ -41,6 +46,17 @@ REFERENCE = {
     "samples": 100,
     "num_observed": 12,
     "horizon": 12,
+    "device": "2-core CPU",
+    "source": "DESIGN.md, 'Facts measured here'",
+}
+
+# PyTorch FOMM (vox-256 config) on the 2-core CPU where DESIGN.md's facts were measured.
+FOMM_REFERENCE = {
+    "what": "PyTorch FOMM, vox-256 config, one 256x256 frame",
+    "cpu_ms": {"generator": 1020.0, "detector": 33.0},
+    "params_m": {"generator": 45.6, "detector": 14.2},
+    "gflop": {"generator": 107.0, "detector": 2.6},
+    "frame_size": 256,
     "device": "2-core CPU",
     "source": "DESIGN.md, 'Facts measured here'",
 }
@@ -99,8 +115,10 @@ def environment() -> dict[str, Any]:
 
 
 def _ms_stats(times: list[float]) -> dict[str, Any]:
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return {
         "median_ms": statistics.median(times),
+        "iqr_ms": q3 - q1,
         "min_ms": min(times),
         "max_ms": max(times),
         "times_ms": [round(t, 4) for t in times],
@@ -245,7 +263,159 @@ def format_forecast(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FORMATTERS = {"forecast": format_forecast}
+# -- fomm -----------------------------------------------------------------------------------------
+def _add_fomm(sub) -> None:
+    p = sub.add_parser(
+        "fomm",
+        help="FOMM keypoint detector and generator: ms per frame, jitted, compilation excluded",
+        description=bench_fomm.__doc__,
+    )
+    p.add_argument("--dataset", default="vox", help="FOMM config dataset (default vox)")
+    p.add_argument("--config_variant", default="", choices=("", "tiny"),
+                   help="'' for the official config (default), 'tiny' for a quick run")
+    p.add_argument("--frame_size", type=int, default=256,
+                   help="frame height and width (default 256)")
+    p.add_argument("--batch", type=int, default=1, help="frames per call (default 1)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per network (default 10)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the networks (parameters stay float32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=bench_fomm)
+
+
+def _num_params(variables) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables.get("params", {}))))
+
+
+def bench_fomm(args: argparse.Namespace) -> dict[str, Any]:
+    """Time FOMM's keypoint detector and generator (with dense motion) per frame, jitted.
+
+    Each network is one jitted call on ``[batch, S, S, 3]`` frames (the generator also gets source
+    and driving keypoints, detected beforehand), compiled and run once before the timed calls;
+    every call blocks on its result. Per-frame times are call times divided by the batch.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from configs.fomm_common import fomm_config
+    from kpflow.fomm.model import build_networks, init_variables
+
+    if args.batch < 1 or args.repeats < 1 or args.frame_size < 8:
+        raise SystemExit("eval.bench fomm: --batch and --repeats must be >= 1, --frame_size >= 8")
+    try:
+        config = fomm_config(args.dataset, args.config_variant)
+    except ValueError as e:
+        raise SystemExit(f"eval.bench fomm: {e}") from None
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    nets = build_networks(config.model, dtype=dtype)
+    shape = (args.frame_size, args.frame_size)
+    # Jitted, and the "unsafe_rbg" generator: XLA compiles a threefry draw per parameter slowly on
+    # CPUs (tens of seconds even for the tiny config); the values do not matter for timing.
+    init = jax.jit(lambda k: init_variables(nets, k, shape, with_discriminator=False))
+    variables = init(jax.random.key(args.seed, impl="unsafe_rbg"))
+    det_vars, gen_vars = variables["kp_detector"], variables["generator"]
+
+    rng = jax.random.key(args.seed + 1)
+    frames = jax.random.uniform(rng, (2, args.batch, *shape, 3), jnp.float32)
+    source, driving = frames[0], frames[1]
+    detect = jax.jit(lambda v, x: nets.kp_detector.apply(v, x))
+    # Only the prediction is returned, as an inference user needs; dense motion runs regardless.
+    generate = jax.jit(lambda v, s, ks, kd: nets.generator.apply(v, s, ks, kd)["prediction"])
+    kp_source = jax.block_until_ready(detect(det_vars, source))
+    kp_driving = jax.block_until_ready(detect(det_vars, driving))
+    prediction = jax.block_until_ready(generate(gen_vars, source, kp_source, kp_driving))
+    if prediction.shape != source.shape:
+        raise SystemExit(f"the generator returned {prediction.shape}, expected {source.shape}")
+
+    def per_frame(times: list[float]) -> dict[str, Any]:
+        return _ms_stats([t / args.batch for t in times])
+
+    def run_detector():
+        jax.block_until_ready(detect(det_vars, driving))
+
+    def run_generator():
+        jax.block_until_ready(generate(gen_vars, source, kp_source, kp_driving))
+
+    load_before = _load_average()
+    detector = per_frame(time_calls(run_detector, args.repeats))
+    generator = per_frame(time_calls(run_generator, args.repeats))
+    load_after = _load_average()
+
+    ref = FOMM_REFERENCE["cpu_ms"]
+    ours = {"generator": generator["median_ms"], "detector": detector["median_ms"]}
+    env = environment()
+    return {
+        "benchmark": "fomm",
+        "dataset": args.dataset,
+        "config_variant": args.config_variant or "official",
+        "frame_size": args.frame_size,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "dtype": args.dtype,
+        "params_m": {
+            "generator": _num_params(gen_vars) / 1e6,
+            "detector": _num_params(det_vars) / 1e6,
+        },
+        "device_kind": env["device_kind"],
+        "detector": detector,
+        "generator": generator,
+        "reference": FOMM_REFERENCE,
+        "reference_cpu_ms": dict(ref),
+        "comparable": args.config_variant == "" and args.frame_size == FOMM_REFERENCE["frame_size"],
+        # reference / ours: > 1 means faster than the PyTorch reference on its 2-core CPU.
+        "ratio_reference_over_ours": {k: ref[k] / ours[k] for k in ref},
+        # Other processes on the machine slow CPU timings down: the 1-minute load average
+        # before and after the timed calls (above the number of CPUs means contention).
+        "load_average_1m": {"before": load_before, "after": load_after},
+        "environment": env,
+    }
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on Unix
+        return None
+
+
+def format_fomm(r: dict[str, Any]) -> str:
+    env, ref = r["environment"], r["reference"]
+    lines = [
+        (
+            f"fomm: {r['dataset']} {r['config_variant']} config, "
+            f"{r['frame_size']}x{r['frame_size']} frames, batch {r['batch']}, {r['dtype']}, "
+            f"median of {r['repeats']}"
+        ),
+        (
+            f"  backend {env['backend']} ({env['device_kind']}), "
+            f"{env['usable_cpus']}/{env['cpu_count']} CPUs, jax {env['jax']}, flax {env['flax']}"
+        ),
+        (
+            f"  {'network':<10} {'params':>8} {'ms/frame':>10} {'IQR':>8} {'reference CPU':>14} "
+            f"{'ref/ours':>9}"
+        ),
+    ]
+    for name in ("detector", "generator"):
+        t = r[name]
+        lines.append(
+            f"  {name:<10} {r['params_m'][name]:7.2f}M {t['median_ms']:10.3f} {t['iqr_ms']:8.3f} "
+            f"{ref['cpu_ms'][name]:11.0f} ms {r['ratio_reference_over_ours'][name]:8.2f}x"
+        )
+    load, cpus = r["load_average_1m"]["after"], env["usable_cpus"]
+    if env["backend"] == "cpu" and load is not None and cpus and load > cpus:
+        lines.append(f"  (load average {load:.1f} on {cpus} CPUs: other processes were running; "
+                     "these CPU timings are inflated)")
+    if not r["comparable"]:
+        size = f"{ref['frame_size']}x{ref['frame_size']}"
+        lines.append(f"  (the reference is the official config at {size}; "
+                     "these settings are not comparable)")
+    return "\n".join(lines)
+
+
+FORMATTERS = {"forecast": format_forecast, "fomm": format_fomm}
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -254,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     _add_forecast(sub)
+    _add_fomm(sub)
     # Every benchmark writes its result the same way.
     for p in sub.choices.values():
         p.add_argument("--out", default="", help="also write the result as JSON to this file")

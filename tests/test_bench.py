@@ -65,3 +65,31 @@ def test_bad_arguments_exit_with_a_message():
         bench.main(["forecast", "--model", "nope"])
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args([])  # a benchmark name is required
+
+
+def test_fomm_tiny_reports_times_and_reference(tmp_path, capsys):
+    out = tmp_path / "fomm.json"
+    r = bench.main(["fomm", "--config_variant", "tiny", "--frame_size", "64", "--repeats", "2",
+                    "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r, default=str))
+    assert (r["benchmark"], r["config_variant"], r["frame_size"]) == ("fomm", "tiny", 64)
+    assert (r["batch"], r["repeats"], r["dtype"]) == (1, 2, "float32")
+    for name in ("detector", "generator"):
+        t = r[name]
+        assert t["median_ms"] > 0 and t["iqr_ms"] >= 0 and len(t["times_ms"]) == 2
+        assert r["params_m"][name] > 0
+        assert r["ratio_reference_over_ours"][name] == pytest.approx(
+            r["reference_cpu_ms"][name] / t["median_ms"])
+    assert r["reference_cpu_ms"] == {"generator": 1020, "detector": 33}
+    assert r["comparable"] is False and r["device_kind"]
+    assert set(r["load_average_1m"]) == {"before", "after"}
+    table = capsys.readouterr().out
+    assert "detector" in table and "generator" in table and "not comparable" in table
+
+
+def test_fomm_defaults_are_the_official_setting():
+    args = bench.build_parser().parse_args(["fomm"])
+    assert (args.config_variant, args.frame_size, args.batch, args.repeats, args.dtype) == (
+        "", 256, 1, 10, "float32")
+    with pytest.raises(SystemExit, match="--batch"):
+        bench.main(["fomm", "--batch", "0"])

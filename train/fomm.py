@@ -25,7 +25,6 @@ import os
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,9 +45,6 @@ from kpflow.fomm.model import Networks, build_networks, init_variables, load_con
 from kpflow.fomm.ops import resize_bilinear
 from kpflow.run_store import CheckpointStore
 from train.cli import one_line, parse_flags
-
-# imageio runs ffmpeg with subprocess (fork + exec at once), which JAX's fork warning does not concern.
-warnings.filterwarnings("ignore", message="os.fork\\(\\) was called", category=RuntimeWarning)
 
 FLAGS = flags.FLAGS
 METRICS_FILE = "metrics.jsonl"

@@ -19,6 +19,7 @@ videos for keypoint extraction; ``PairBatches`` batches the pairs epoch by epoch
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,10 @@ def _resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _imread(path: Path, **kwargs: Any) -> np.ndarray:
     """imageio's ``imread`` whose failures become one-line ``VideoReadError`` naming the file."""
     try:
-        return np.asarray(iio.imread(path, plugin=_PLUGINS[path.suffix.lower()], **kwargs))
+        with warnings.catch_warnings():
+            # ffmpeg runs via subprocess (fork + exec at once), which JAX's fork warning does not concern.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            return np.asarray(iio.imread(path, plugin=_PLUGINS[path.suffix.lower()], **kwargs))
     except Exception as exc:  # noqa: BLE001 -- any decoder failure means "unreadable" to the caller
         raise VideoReadError(f"{path}: cannot read video ({_one_line(exc)})") from None
 

@@ -1,0 +1,277 @@
+"""Extract FOMM keypoints from videos into the shared per-clip ``.npz`` format.
+
+``python -m eval.extract_keypoints --fomm DIR --videos PATH --out DIR [--batch_size 32]
+[--frame_size H] [--overwrite]``
+
+- ``PATH`` is a folder of videos (anything ``kpflow.data.videos.list_videos`` accepts), a folder in
+  FOMM's layout (``train/`` and/or ``test/``; both are processed and mirrored under ``--out``), or
+  one video file.
+- Each video is read resized to the model's frame size (``config.data.frame_shape``, or
+  ``--frame_size H`` for H x H frames), its frames go through ``FOMM.detect`` in batches of
+  ``--batch_size`` (the last one padded to a full batch, so the detector compiles once), and
+  ``<out>/<clip name>.npz`` is written with ``kpflow.data.clips.save_clip``: float32
+  ``value [T, K, 2]`` and ``jacobian [T, K, 2, 2]``, the format of ``shared/data/vox_keypoints``.
+- Clips whose ``.npz`` exists are skipped unless ``--overwrite``.
+- An unreadable video is reported on stderr (file and reason), skipped, and the run goes on; the
+  exit status is then 1, so a pipeline notices. Bad arguments exit with status 2.
+
+Library use: :func:`extract_keypoints` (``frames [T, H, W, 3]`` -> ``value [T, K, 2]``,
+``jacobian [T, K, 2, 2]``) and :func:`main` (``argv`` -> exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+PROG = "python -m eval.extract_keypoints"
+SPLITS = ("train", "test")
+EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_BAD_ARGS = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def extract_keypoints(fomm, frames, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints of every frame of one video.
+
+    Args:
+      fomm: a loaded ``kpflow.fomm.FOMM`` (anything with ``detect(frames [B, H, W, 3]) ->
+        Keypoints``).
+      frames: ``[T, H, W, 3]`` float in [0, 1], T >= 1.
+      batch_size: frames per ``detect`` call. Every call gets exactly ``batch_size`` frames (the
+        last batch is padded with copies of the last frame, whose keypoints are dropped), so the
+        jitted detector compiles once per frame size whatever T is.
+
+    Returns:
+      ``(value [T, K, 2], jacobian [T, K, 2, 2])`` float32 numpy arrays.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be [T, H, W, 3] with T >= 1; got shape {frames.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_frames = len(frames)
+    outputs = []
+    # Dispatch every batch before fetching any result: jax runs them asynchronously while the host
+    # slices and pads the next batch.
+    for start in range(0, num_frames, batch_size):
+        batch = frames[start : start + batch_size]
+        if len(batch) < batch_size:
+            pad = np.repeat(batch[-1:], batch_size - len(batch), axis=0)
+            batch = np.concatenate([batch, pad], axis=0)
+        outputs.append(fomm.detect(batch))
+    value = np.concatenate([np.asarray(kp.value, np.float32) for kp in outputs])[:num_frames]
+    jacobian = np.concatenate([np.asarray(kp.jacobian, np.float32) for kp in outputs])[:num_frames]
+    return value, jacobian
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--fomm", required=True, help="FOMM directory (kpflow.fomm.load)")
+    p.add_argument(
+        "--videos",
+        required=True,
+        help="a folder of videos (with train/ and test/ sub-folders or flat) or one video",
+    )
+    p.add_argument("--out", required=True, help="folder for the per-clip .npz keypoint files")
+    p.add_argument(
+        "--batch_size", type=int, default=32, help="frames per detector call (default 32)"
+    )
+    p.add_argument(
+        "--frame_size",
+        type=int,
+        default=None,
+        metavar="H",
+        help="resize frames to H x H (default: the FOMM config's data.frame_shape)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo clips whose .npz already exists")
+    return p
+
+
+def find_jobs(videos: str | os.PathLike, out: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """``[(video, output .npz)]`` for ``--videos`` and ``--out`` (see the module docstring).
+
+    Raises UsageError when there is nothing to process or two videos share a clip name.
+    """
+    from kpflow.data.videos import VIDEO_EXTENSIONS, NoVideosError, list_videos, video_name
+
+    videos, out = Path(videos), Path(out)
+    if not videos.exists():
+        raise UsageError(f"--videos {str(videos)!r} does not exist")
+    if videos.is_file():
+        if videos.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise UsageError(
+                f"--videos {str(videos)!r} is not a video (expected one of "
+                f"{', '.join(VIDEO_EXTENSIONS)}, or a folder of videos)"
+            )
+        return [(videos, out / f"{video_name(videos)}.npz")]
+    splits = [s for s in SPLITS if (videos / s).is_dir()]
+    folders = [(videos / s, out / s) for s in splits] or [(videos, out)]
+    jobs: list[tuple[Path, Path]] = []
+    for folder, out_folder in folders:
+        try:
+            found = list_videos(folder)
+        except NoVideosError as e:
+            if len(splits) > 1:  # an empty split beside a full one is fine
+                continue
+            raise UsageError(str(e)) from None
+        by_name: dict[str, Path] = {}
+        for path in found:
+            name = video_name(path)
+            if name in by_name:
+                raise UsageError(
+                    f"{by_name[name].name} and {path.name} in {folder} would both "
+                    f"write {name}.npz; rename or remove one"
+                )
+            by_name[name] = path
+            jobs.append((path, out_folder / f"{name}.npz"))
+    if not jobs:
+        raise UsageError(f"no videos in {', '.join(str(f) for f, _ in folders)}")
+    return jobs
+
+
+def _write_clip(path: Path, value: np.ndarray, jacobian: np.ndarray) -> None:
+    """``save_clip`` through a temporary file, so an interrupted run leaves no truncated ``.npz``
+    that a rerun would skip."""
+    from kpflow.data.clips import save_clip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")  # not *.npz: folder readers never see it
+    with open(tmp, "wb") as f:
+        save_clip(f, value, jacobian)  # np.savez takes a file object as well as a path
+    os.replace(tmp, path)
+
+
+def _load_fomm(directory: str):
+    import kpflow.fomm
+    from kpflow.fomm.model import load_config
+
+    load_config(directory)  # cheap: a missing or wrong directory fails before reading weights
+    try:
+        return kpflow.fomm.load(directory)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 -- orbax / tensorstore failures: one line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"cannot load FOMM from {directory!r} ({type(e).__name__}: {first})"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Extract keypoints as ``args`` says; returns the exit status."""
+    from tqdm import tqdm
+
+    from kpflow.data.videos import VideoReadError, read_video
+    from kpflow.fomm.model import frame_shape_of, load_config
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.frame_size is not None and args.frame_size < 1:
+        raise UsageError(f"--frame_size must be >= 1, got {args.frame_size}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is a file; give a folder")
+    try:
+        load_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    jobs = find_jobs(args.videos, args.out)
+    todo = [(v, o) for v, o in jobs if args.overwrite or not o.exists()]
+    existing = len(jobs) - len(todo)
+    if existing:
+        print(
+            f"skipping {existing} of {len(jobs)} clips whose .npz already exists under "
+            f"{args.out} (pass --overwrite to redo them)",
+            file=sys.stderr,
+        )
+    written, failed = 0, []
+    if todo:
+        try:
+            fomm = _load_fomm(args.fomm)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        frame_shape = (
+            (args.frame_size, args.frame_size) if args.frame_size else frame_shape_of(fomm.config)
+        )
+        num_frames, busy = 0, 0.0
+
+        def read(path: Path):
+            try:
+                return read_video(path, frame_shape)
+            except VideoReadError as e:
+                return e
+
+        # Decode the next video (ffmpeg, PIL: mostly outside the GIL) while this one is detected.
+        with (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
+            tqdm(
+                total=len(todo),
+                desc="extracting",
+                unit="video",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
+            pending = pool.submit(read, todo[0][0])
+            for i, (video, out_path) in enumerate(todo):
+                frames = pending.result()
+                if i + 1 < len(todo):
+                    pending = pool.submit(read, todo[i + 1][0])
+                if isinstance(frames, VideoReadError):
+                    failed.append(video)
+                    bar.write(f"skipping unreadable video {frames}", file=sys.stderr)
+                    bar.update(1)
+                    continue
+                start = time.perf_counter()
+                value, jacobian = extract_keypoints(fomm, frames, args.batch_size)
+                busy += time.perf_counter() - start
+                _write_clip(out_path, value, jacobian)
+                written += 1
+                num_frames += len(frames)
+                bar.set_postfix(frames_per_s=f"{num_frames / max(busy, 1e-9):.1f}", refresh=False)
+                bar.update(1)
+    summary = f"{written} clips written to {args.out}"
+    if existing:
+        summary += f", {existing} already there (kept)"
+    summary += f", {len(failed)} skipped (unreadable)"
+    if failed:
+        names = [str(p) for p in failed]
+        summary += (
+            ": "
+            + ", ".join(names[:10])
+            + (f" ... ({len(names) - 10} more)" if len(names) > 10 else "")
+        )
+    print(summary)
+    return EXIT_FAILED_VIDEOS if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0 ok, 1 some videos unreadable, 2 bad
+    arguments)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage and the error (or --help)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_ARGS
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
