@@ -67,17 +67,19 @@ class CheckpointStore:
     def latest_step(self, which: str = "latest") -> int | None:
         return self._manager(which).latest_step()
 
-    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool) -> None:
+    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool, latest: bool = True) -> None:
         """Save one state at ``step``; also as the best state when ``is_best``.
 
         ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree (None for
         an inference-only directory);
-        ``meta``: JSON-serialisable dict (step, epoch, scores).
+        ``meta``: JSON-serialisable dict (step, epoch, scores). ``latest=False`` writes only the best
+        state (when the latest manager already holds ``step``).
         """
         items = {"variables": ocp.args.StandardSave(variables), "meta": ocp.args.JsonSave(meta)}
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
-        self._manager("latest").save(step, args=ocp.args.Composite(**items), force=True)
+        if latest:
+            self._manager("latest").save(step, args=ocp.args.Composite(**items), force=True)
         if is_best:
             self._manager("best").save(
                 step,

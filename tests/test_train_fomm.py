@@ -125,14 +125,16 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
         sys.executable, "-m", "train.fomm", "--config", "configs/fomm_vox.py:tiny", f"--workdir={workdir}",
         f"--config.data.dir={data}", "--config.data.frame_shape=32", "--config.data.frame_shape=32",
         "--config.data.frame_shape=3", "--config.train.scales=1", "--config.train.scales=0.5",
-        "--config.train.batch_size=2", "--config.train.num_repeats=2", "--config.train.eval_every=3",
+        "--config.train.batch_size=2", "--config.train.num_repeats=2", "--config.train.eval_every=2",
+        "--config.train.checkpoint_freq=1",
         "--config.train.image_every=3", "--config.train.log_every=1", "--config.train.eval_frames=4",
     ]
     run = subprocess.run(common + ["--config.train.max_steps=3"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "test reconstruction L1" in run.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 3]
+    # Step 3 ends epoch 1 (an epoch-end checkpoint) and the run (a final evaluation and checkpoint).
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 3]
     assert (workdir / "samples" / "step_0000003.png").is_file() and (workdir / "curves.png").is_file()
 
     run = subprocess.run(common + ["--config.train.max_steps=5"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)

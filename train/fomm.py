@@ -470,10 +470,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log(record)
         return record
 
+    saved_steps: set[int] = set()
+
     def save(step: int, is_best: bool = False) -> None:
+        latest = step not in saved_steps  # an evaluation may follow an epoch-end save at one step
+        if not (latest or is_best):
+            return
         meta = {"step": step, "epoch": step / steps_per_epoch, "best_test_l1": best}
         store.save(step, variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng},
-                   meta, is_best=is_best)
+                   meta, is_best=is_best, latest=latest)
+        saved_steps.add(step)
 
     def log(record: dict) -> None:
         records.append(record)

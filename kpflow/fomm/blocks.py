@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kpflow.fomm.ops import avg_pool2x, upsample_nearest2x
 
@@ -63,6 +65,63 @@ class DownBlock(nn.Module):
         return avg_pool2x(nn.relu(batch_norm(train, "norm", self.dtype)(x)))
 
 
+def _phase_taps() -> np.ndarray:
+    """``[2, 2, 4, 3, 3]``: which 3x3 taps fall on each 2x2 tap of each output phase ``2a + b``."""
+    rows = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)  # [a, p, u]
+    taps = np.einsum("apu,bqv->pqabuv", rows, rows)  # [p, q, a, b, u, v]
+    return taps.reshape(2, 2, 4, 3, 3)
+
+
+_PHASE_TAPS = _phase_taps()
+# Below this many input pixels, building the phase kernels (a pass over the weights) costs more than
+# the 2.25x fewer multiply-adds save (measured on a 2-core CPU: break-even near 16x16 inputs).
+PHASE_MIN_PIXELS = 256
+
+
+def upsample2x_conv3x3(x, kernel, bias, dtype: Dtype = jnp.float32):
+    """``conv3x3(pad 1)(nearest_upsample_2x(x))`` computed without the upsampled tensor.
+
+    Each of the four output phases ``(a, b)`` (row parity, column parity) sees a 2x2 neighbourhood
+    of ``x`` whose taps sum rows/columns of the 3x3 kernel: rows ``(W0, W1 + W2)`` for even output
+    rows and ``(W0 + W1, W2)`` for odd ones, likewise for columns. One 2x2 convolution over ``x``
+    (padded by 1) with the four phase kernels as output groups gives every phase, so the block
+    costs 16 instead of 36 multiply-adds per input pixel and channel pair. Same result as the
+    reference up to float rounding. ``x [B, H, W, Ci]``, ``kernel [3, 3, Ci, Co]`` -> ``[B, 2H, 2W, Co]``.
+    """
+    b, h, w, ci = x.shape
+    co = kernel.shape[-1]
+    # k[p, q, ci, phase, co] = sum_uv _PHASE_TAPS[p, q, phase, u, v] kernel[u, v, ci, co]: one small
+    # matmul over the 9 taps (cheap even for 1024-channel kernels, unlike slicing and stacking).
+    k = jnp.einsum("pqfuv,uvio->pqifo", _PHASE_TAPS, kernel).reshape(2, 2, ci, 4 * co).astype(dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )  # [B, H + 1, W + 1, 4 Co]
+    y = y.reshape(b, h + 1, w + 1, 2, 2, co)
+    out = jnp.stack(
+        [jnp.stack([y[:, a : a + h, c : c + w, a, c] for c in (0, 1)], axis=3) for a in (0, 1)], axis=2
+    )  # [B, H, 2, W, 2, Co]
+    return out.reshape(b, 2 * h, 2 * w, co) + bias.astype(dtype)
+
+
+class UpsampleConv(nn.Module):
+    """Nearest 2x upsampling then a 3x3 convolution (padding 1); parameters as ``nn.Conv``."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if x.shape[1] * x.shape[2] >= PHASE_MIN_PIXELS:
+            return upsample2x_conv3x3(x, kernel, bias, self.dtype)
+        y = jax.lax.conv_general_dilated(
+            upsample_nearest2x(x).astype(self.dtype), kernel.astype(self.dtype), (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias.astype(self.dtype)
+
+
 class UpBlock(nn.Module):
     """nearest 2x upsampling -> conv -> batch norm -> relu."""
 
@@ -73,7 +132,10 @@ class UpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = conv(self.features, self.kernel_size, self.padding, "conv", self.dtype)(upsample_nearest2x(x))
+        if (self.kernel_size, self.padding) == (3, 1):
+            x = UpsampleConv(self.features, self.dtype, name="conv")(x)
+        else:
+            x = conv(self.features, self.kernel_size, self.padding, "conv", self.dtype)(upsample_nearest2x(x))
         return nn.relu(batch_norm(train, "norm", self.dtype)(x))
 
 

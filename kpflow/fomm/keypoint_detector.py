@@ -28,6 +28,58 @@ def _identity_jacobian_bias(num_maps: int):
     return init
 
 
+def heatmap_weighted_patches(features, heatmap, size: int):
+    """``G[b, c, y, x, k] = sum_hw heatmap[b, h, w, k] features[b, h + y, w + x, c]`` -> ``[B, C, s, s, K]``.
+
+    The per-keypoint heatmap-weighted average of every ``size x size`` patch of ``features``: the
+    heatmap acts as the kernel of a correlation over the features.
+    """
+
+    def one(f, h):  # f [H, W, C], h [h, w, K] -> [C, s, s, K]
+        return jax.lax.conv_general_dilated(
+            f.transpose(2, 0, 1)[..., None], h[:, :, None, :], (1, 1), "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    out = jax.vmap(one)(features, heatmap.astype(features.dtype))
+    assert out.shape[2] == size, (out.shape, size)
+    return out
+
+
+class JacobianHead(nn.Module):
+    """The reference's ``jacobian`` head: a 7x7 conv to ``4 * num_maps`` channels, averaged under each
+    keypoint's heatmap, initialised to the identity (zero kernel, bias ``[1, 0, 0, 1]``).
+
+    ``sum_hw heatmap * conv(features)`` is linear in the features, so it is computed in the other
+    order: first the heatmap-weighted 7x7 patches of the features (a correlation with the heatmap as
+    kernel, ``K`` outputs), then one contraction with the kernel. Same parameters and result as
+    conv-then-average, in about a third of the multiply-adds.
+    """
+
+    num_maps: int
+    pad: int = 0
+    dtype: Any = jnp.float32
+    kernel_size: int = 7
+
+    @nn.compact
+    def __call__(self, features, heatmap):
+        k = self.kernel_size
+        channels = features.shape[-1]
+        kernel = self.param("kernel", nn.initializers.zeros, (k, k, channels, 4 * self.num_maps))
+        bias = self.param("bias", _identity_jacobian_bias(self.num_maps), (4 * self.num_maps,))
+        if self.pad:
+            features = jnp.pad(features, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+        b, _, _, num_kp = heatmap.shape
+        patches = heatmap_weighted_patches(features.astype(self.dtype), heatmap, k).astype(jnp.float32)
+        kernel = kernel.reshape(k, k, channels, self.num_maps, 4)
+        if self.num_maps == 1:
+            jac = jnp.einsum("bcyxk,yxcf->bkf", patches, kernel[:, :, :, 0]) + bias[None, None, :]
+        else:
+            jac = jnp.einsum("bcyxk,yxckf->bkf", patches, kernel) + bias.reshape(self.num_maps, 4)[None]
+        # The heatmap sums to one, so the bias passes through unweighted.
+        return jac.reshape(b, num_kp, 2, 2)
+
+
 class KPDetector(nn.Module):
     """``frames [B, H, W, C] in [0, 1]`` -> :class:`Keypoints` (``value [B, K, 2]``, ``jacobian [B, K, 2, 2]``).
 
@@ -63,16 +115,6 @@ class KPDetector(nn.Module):
         jacobian = None
         if self.estimate_jacobian:
             num_maps = 1 if self.single_jacobian_map else self.num_kp
-            jac_map = nn.Conv(
-                4 * num_maps,
-                (7, 7),
-                padding=((self.pad, self.pad), (self.pad, self.pad)),
-                kernel_init=nn.initializers.zeros,
-                bias_init=_identity_jacobian_bias(num_maps),
-                dtype=self.dtype,
-                name="jacobian",
-            )(features).astype(jnp.float32)
-            jac_map = jac_map.reshape(b, h, w, num_maps, 4)
-            jacobian = jnp.sum(heatmap[..., None] * jac_map, axis=(1, 2)).reshape(b, k, 2, 2)
+            jacobian = JacobianHead(num_maps, self.pad, self.dtype, name="jacobian")(features, heatmap)
         kp = Keypoints(value=value, jacobian=jacobian)
         return (kp, heatmap) if return_heatmap else kp
