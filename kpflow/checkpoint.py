@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kpflow import forecast
+from kpflow import forecast, run_store
 from kpflow.data import ClipSet, load_clips, load_splits
 from kpflow.run_store import BEST_DIR, CHECKPOINT_DIR, write_json  # noqa: F401  (re-exported)
 from kpflow.run_store import CheckpointStore as _Store
@@ -62,18 +62,12 @@ def build_forecaster(config: ml_collections.ConfigDict, dim: int) -> forecast.Fo
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+    run_store.save_config(workdir, config, CONFIG_FILE)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """``DIR/config.json`` as a ConfigDict. FileNotFoundError (one line) if the run does not exist."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        what = "does not exist" if not os.path.isdir(workdir) else f"holds no training run ({CONFIG_FILE} missing)"
-        raise FileNotFoundError(f"run directory {workdir!r} {what}: {TRAIN_HINT}")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return run_store.read_config(workdir, CONFIG_FILE, "training run", TRAIN_HINT)
 
 
 def save_split(workdir: str, train: ClipSet, val: ClipSet, data_config) -> None:

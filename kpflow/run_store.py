@@ -12,12 +12,29 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from typing_extensions import Self
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+
+
+def save_config(directory: str, config: ml_collections.ConfigDict, filename: str = "config.json") -> None:
+    """``directory/filename``: the config as JSON."""
+    os.makedirs(directory, exist_ok=True)
+    write_json(os.path.join(directory, filename), json.loads(config.to_json_best_effort()))
+
+
+def read_config(directory: str, filename: str, kind: str, hint: str) -> ml_collections.ConfigDict:
+    """``directory/filename`` as a ConfigDict; a one-line FileNotFoundError naming ``kind`` and ``hint``."""
+    path = os.path.join(directory, filename)
+    if not os.path.isfile(path):
+        what = "does not exist" if not os.path.isdir(directory) else f"holds no {kind} ({filename} missing)"
+        raise FileNotFoundError(f"{directory!r} {what}; {hint}")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def write_json(path: str, obj: Any) -> None:

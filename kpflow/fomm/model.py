@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -24,11 +23,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kpflow import run_store
 from kpflow.fomm.discriminator import MultiScaleDiscriminator
 from kpflow.fomm.generator import OcclusionAwareGenerator
 from kpflow.fomm.keypoint_detector import KPDetector
 from kpflow.keypoints import Keypoints
-from kpflow.run_store import CheckpointStore, write_json
+from kpflow.run_store import CheckpointStore
 
 CONFIG_FILE = "config.json"
 LOAD_HINT = (
@@ -140,17 +140,13 @@ class FOMM:
 
 
 def save_config(directory: str, config: ml_collections.ConfigDict) -> None:
-    os.makedirs(directory, exist_ok=True)
-    write_json(os.path.join(directory, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+    run_store.save_config(directory, config, CONFIG_FILE)
 
 
 def load_config(directory: str) -> ml_collections.ConfigDict:
+    """``DIR/config.json`` of a FOMM directory; one-line errors if it is missing or not a FOMM config."""
+    config = run_store.read_config(directory, CONFIG_FILE, "FOMM model", LOAD_HINT)
     path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
-        what = "does not exist" if not os.path.isdir(directory) else f"holds no FOMM model ({CONFIG_FILE} missing)"
-        raise FileNotFoundError(f"FOMM directory {directory!r} {what}; {LOAD_HINT}")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
     if "model" not in config or "kp_detector" not in config.model:
         raise ValueError(f"{path} is not a FOMM config (no model.kp_detector); is {directory!r} a forecaster run?")
     return config
