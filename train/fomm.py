@@ -554,8 +554,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 # -- command line ----------------------------------------------------------------------------------
 
-config_flags.DEFINE_config_file("config", None, "FOMM config, e.g. configs/fomm_vox.py or configs/fomm_vox.py:tiny")
-flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, samples); re-run to resume")
+def define_flags() -> None:
+    """The CLI's flags, defined on demand: tests import this module beside train.forecaster, whose
+    ``--config`` flag would clash at import time."""
+    config_flags.DEFINE_config_file("config", None, "FOMM config, e.g. configs/fomm_vox.py or configs/fomm_vox.py:tiny")
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, samples); re-run to resume")
 
 
 def main(argv: list[str]) -> None:
@@ -578,6 +581,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    define_flags()
     app.run(main, flags_parser=parse_flags)
 
 
