@@ -703,3 +703,36 @@ def test_detect_and_generate_validate_their_inputs(roundtrip):
         fomm.generate(frames, kp, kp)
     with pytest.raises(ValueError, match="source"):
         fomm.generate(frames[0], kp, kp)
+
+
+# -- inference-only reorderings compute what the reference order computes --------------------------
+
+
+@pytest.mark.parametrize("num_maps", [1, 10])
+def test_jacobian_head_orders_agree(num_maps):
+    from kpflow.fomm.keypoint_detector import JacobianHead
+
+    rng = np.random.default_rng(0)
+    features = jnp.asarray(rng.normal(size=(2, 20, 18, 5)).astype(np.float32))
+    heatmap = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 14 * 12, 10)).astype(np.float32)), axis=1)
+    heatmap = heatmap.reshape(2, 14, 12, 10)
+    head = JacobianHead(num_maps)
+    variables = head.init(jax.random.key(0), features, heatmap)
+    variables = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape).astype(np.float32)), variables)
+    fast = head.apply(variables, features, heatmap, weighted_patches=True)
+    reference = head.apply(variables, features, heatmap, weighted_patches=False)
+    assert fast.shape == (2, 10, 2, 2)
+    np.testing.assert_allclose(fast, reference, atol=2e-4, rtol=1e-5)
+
+
+def test_phase_decomposed_upsample_conv_matches_upsample_then_conv():
+    from kpflow.fomm.blocks import UpsampleConv
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 16, 20, 6)).astype(np.float32))  # 320 pixels: the phase path
+    layer = UpsampleConv(7)
+    variables = layer.init(jax.random.key(0), x)
+    fast = layer.apply(variables, x, phases=True)
+    reference = layer.apply(variables, x, phases=False)
+    assert fast.shape == (2, 32, 40, 7)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
