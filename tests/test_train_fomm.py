@@ -1,6 +1,7 @@
 """Stage-1 FOMM training: one step lowers the loss; the CLI runs, writes its outputs and resumes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,6 +95,14 @@ def test_milestone_schedule_drops_tenfold():
     np.testing.assert_allclose([schedule(0), schedule(99), schedule(100), schedule(150)], [2e-4, 2e-4, 2e-5, 2e-6], rtol=1e-5)
 
 
+def test_copy_source_l1_is_zero_for_still_clips_and_positive_otherwise():
+    still = np.full((4, 8, 8, 3), 0.5, np.float32)
+    moving = still.copy()
+    moving[1:] = 0.25
+    assert train_fomm.copy_source_l1([still]) == 0.0
+    np.testing.assert_allclose(train_fomm.copy_source_l1([still, moving]), 0.25 * 3 / 8)
+
+
 def test_vgg_without_weights_is_a_clear_error():
     config = fomm_config("vox")
     with pytest.raises(ValueError, match="vgg19_weights"):
@@ -129,15 +138,20 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
         "--config.train.checkpoint_freq=1",
         "--config.train.image_every=3", "--config.train.log_every=1", "--config.train.eval_frames=4",
     ]
-    run = subprocess.run(common + ["--config.train.max_steps=3"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # The resumed run reuses the first one's compiled programs through JAX's persistent cache.
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    run = subprocess.run(common + ["--config.train.max_steps=3"], check=False, cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "test reconstruction L1" in run.stdout
+    assert "test reconstruction L1" in run.stdout and "source copied" in run.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     # Step 3 ends epoch 1 (an epoch-end checkpoint) and the run (a final evaluation and checkpoint).
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 3]
     assert (workdir / "samples" / "step_0000003.png").is_file() and (workdir / "curves.png").is_file()
 
-    run = subprocess.run(common + ["--config.train.max_steps=5"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(common + ["--config.train.max_steps=5"], check=False, cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "resuming" in run.stdout and "at step 3" in run.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

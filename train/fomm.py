@@ -240,6 +240,13 @@ def make_reconstruct(nets: Networks):
     return jax.jit(reconstruct)
 
 
+def copy_source_l1(clips: list[np.ndarray]) -> float:
+    """The same L1 when every frame is predicted as the clip's first (no motion at all): the bar a
+    model must pass to have learned motion rather than only the appearance of the source."""
+    total = sum(float(np.abs(frames - frames[:1]).mean()) * len(frames) for frames in clips)
+    return total / max(sum(len(frames) for frames in clips), 1)
+
+
 def reconstruction_l1(reconstruct, variables, clips: list[np.ndarray], batch_size: int) -> float:
     """Mean |prediction - driving| over ``clips`` (each ``[T, H, W, 3]``), source = each clip's first
     frame: FOMM's reconstruction protocol. Batches are padded to ``batch_size`` (one compilation)."""
@@ -316,7 +323,10 @@ def plot_curves(records: list[dict], path: str) -> None:
         axes[0].set_title("training losses (weighted)")
         axes[0].legend(fontsize=8)
     if evals:
-        axes[1].plot([r["step"] for r in evals], [r["test_l1"] for r in evals], "o-")
+        axes[1].plot([r["step"] for r in evals], [r["test_l1"] for r in evals], "o-", label="FOMM")
+        if evals[-1].get("copy_source_l1") is not None:
+            axes[1].axhline(evals[-1]["copy_source_l1"], color="gray", ls="--", label="source copied (no motion)")
+        axes[1].legend(fontsize=8)
         axes[1].set_xlabel("step")
         axes[1].set_title("reconstruction L1 on test/ (source = first frame)")
     fig.tight_layout()
@@ -453,6 +463,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = make_train_step(nets, config, opt_gen, opt_disc, vgg_apply)
     reconstruct = make_reconstruct(nets)
     clips = eval_clips(test_set, config)
+    copy_l1 = copy_source_l1(clips) if clips else None
     eval_every = int(t.eval_every) or steps_per_epoch
     samples_dir = os.path.join(workdir, SAMPLES_DIR)
     os.makedirs(samples_dir, exist_ok=True)
@@ -463,7 +474,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             return None
         l1 = reconstruction_l1(reconstruct, variables_of(state), clips, t.batch_size)
         record = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch, "test_l1": l1,
-                  "minutes": (time.time() - start) / 60}
+                  "copy_source_l1": copy_l1, "minutes": (time.time() - start) / 60}
         is_best = l1 < best
         best = min(best, l1)
         save(step, is_best)
@@ -548,6 +559,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         summary = f"stopped at step {step} ({stop_reason}) after {(time.time() - start) / 60:.1f} min"
         if first and last:
             summary += f"; test reconstruction L1 {first['test_l1']:.4f} at step {first['step']} -> {last['test_l1']:.4f}"
+            summary += f" (source copied: {copy_l1:.4f})"
         print(summary)
     return last or {}
 
