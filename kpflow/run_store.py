@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from typing_extensions import Self
 
 CHECKPOINT_DIR = "checkpoints"
@@ -78,7 +79,15 @@ class CheckpointStore:
                 options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
             else:
                 options = ocp.CheckpointManagerOptions(max_to_keep=self.keep if which == "latest" else 1, create=True)
-            self._managers[which] = ocp.CheckpointManager(path, options=options, item_names=("variables", "train", "meta"))
+            verbosity = absl_logging.get_verbosity()
+            if self.read_only:  # orbax warns that a read-only directory is read-only
+                absl_logging.set_verbosity(absl_logging.ERROR)
+            try:
+                self._managers[which] = ocp.CheckpointManager(
+                    path, options=options, item_names=("variables", "train", "meta")
+                )
+            finally:
+                absl_logging.set_verbosity(verbosity)
         return self._managers[which]
 
     def latest_step(self, which: str = "latest") -> int | None:
