@@ -161,13 +161,18 @@ class ResBlock(nn.Module):
         return out + x
 
 
-class Encoder(nn.Module):
-    """Hourglass encoder: ``num_blocks`` down blocks; returns the input and every block's output."""
+class _HourglassWidths(nn.Module):
+    """Widths shared by the hourglass and its halves: block ``i`` has
+    ``min(max_features, block_expansion * 2 ** (i + 1))`` channels."""
 
     block_expansion: int
     num_blocks: int = 3
     max_features: int = 256
     dtype: Dtype = jnp.float32
+
+
+class Encoder(_HourglassWidths):
+    """Hourglass encoder: ``num_blocks`` down blocks; returns the input and every block's output."""
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> list:
@@ -178,13 +183,8 @@ class Encoder(nn.Module):
         return outs
 
 
-class Decoder(nn.Module):
+class Decoder(_HourglassWidths):
     """Hourglass decoder: up blocks, each followed by concatenation with the encoder's skip."""
-
-    block_expansion: int
-    num_blocks: int = 3
-    max_features: int = 256
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, skips: list, train: bool = False):
@@ -197,13 +197,8 @@ class Decoder(nn.Module):
         return out
 
 
-class Hourglass(nn.Module):
+class Hourglass(_HourglassWidths):
     """U-Net style hourglass; output has ``block_expansion + in_features`` channels."""
-
-    block_expansion: int
-    num_blocks: int = 3
-    max_features: int = 256
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
