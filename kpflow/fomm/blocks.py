@@ -38,31 +38,25 @@ def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNo
 
 
 class SameBlock(nn.Module):
-    """conv -> batch norm -> relu, same resolution."""
+    """conv -> batch norm -> relu, same resolution (then a 2x2 average pool when ``pool``)."""
 
     features: int
     kernel_size: int = 3
     padding: int = 1
     dtype: Dtype = jnp.float32
+    pool: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = conv(self.features, self.kernel_size, self.padding, "conv", self.dtype)(x)
-        return nn.relu(batch_norm(train, "norm", self.dtype)(x))
+        x = nn.relu(batch_norm(train, "norm", self.dtype)(x))
+        return avg_pool2x(x) if self.pool else x
 
 
-class DownBlock(nn.Module):
+class DownBlock(SameBlock):
     """conv -> batch norm -> relu -> 2x2 average pool."""
 
-    features: int
-    kernel_size: int = 3
-    padding: int = 1
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = conv(self.features, self.kernel_size, self.padding, "conv", self.dtype)(x)
-        return avg_pool2x(nn.relu(batch_norm(train, "norm", self.dtype)(x)))
+    pool: bool = True
 
 
 def _phase_taps() -> np.ndarray:
