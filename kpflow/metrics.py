@@ -11,6 +11,15 @@ expresses them in the papers' per-video min-max units and in raw keypoint units.
 - Distribution distances (exact unbiased MMD^2): :func:`polynomial_mmd` (KID / JEDi kernel) and
   :func:`motion_mmd` (RBF kernel on trajectory increments and speeds: the motion-realism distance).
 - :func:`forecast_scores`: one row of the evaluation table.
+
+Rendered frames (``frames [..., H, W, 3] float32 in [0, 1]``):
+
+- :func:`pixel_mae` and :func:`ssim` (Gaussian-window SSIM, parity with scikit-image) per frame.
+- :func:`video_sample_scores`: the papers' diversity protocol on the S rendered futures of one window
+  (k lowest-MAE samples: their MAE, APD and SSIM; best-of-S and mean-of-S MAE).
+- :func:`standardized_ratio`: per-video APD / MAE ratios and their mean and median.
+- :func:`jedi`: JEDi, the polynomial-kernel MMD^2 of the JEDi reference code, on video features
+  (extractors in :mod:`kpflow.features`).
 """
 
 from __future__ import annotations
@@ -18,6 +27,37 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+__all__ = [
+    "JEDI_KERNEL",
+    "JEDI_SCALE",
+    "RATIO_SCALINGS",
+    "SCORE_KEYS",
+    "apd",
+    "apd_mae_ratio_by_video",
+    "best_of_s_mae",
+    "energy_score",
+    "forecast_scores",
+    "jedi",
+    "lowest_mae_diversity",
+    "mae",
+    "median_heuristic_bandwidth",
+    "motion_features",
+    "motion_mmd",
+    "motion_mmd_from_features",
+    "motion_subset",
+    "pixel_mae",
+    "polynomial_mmd",
+    "rbf_mmd",
+    "sample_mean_mae",
+    "sample_median_mae",
+    "select_lowest_mae",
+    "ssim",
+    "standardized_apd_mae_ratio",
+    "standardized_ratio",
+    "video_sample_scores",
+    "window_scores",
+]
 
 
 def mae(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -156,19 +196,93 @@ def apd_mae_ratio_by_video(apd_per_window, mae_per_window, video_ids) -> dict:
             "apd, mae and video_ids must be non-empty [W] arrays of one length; "
             f"got {apd_w.shape}, {mae_w.shape}, {ids.shape}"
         )
-    per_video = {}
-    for v in np.unique(ids):
-        m = ids == v
-        mae_v = mae_w[m].mean()
-        if mae_v > 0:
-            per_video[v.item()] = float(apd_w[m].mean() / mae_v)
-    ratios = np.asarray(list(per_video.values()), np.float64)
+    videos = np.unique(ids)
+    apd_v = np.array([apd_w[ids == v].mean() for v in videos])
+    mae_v = np.array([mae_w[ids == v].mean() for v in videos])
+    summary = standardized_ratio(apd_v, mae_v, scaling="none")
+    ratios = summary["per_video"]
     return {
-        "ratio_mean": float(ratios.mean()) if len(ratios) else float("nan"),
-        "ratio_median": float(np.median(ratios)) if len(ratios) else float("nan"),
+        "ratio_mean": summary["mean"],
+        "ratio_median": summary["median"],
         "apd": float(apd_w.mean()),
         "mae": float(mae_w.mean()),
-        "ratio_per_video": per_video,
+        "ratio_per_video": {v.item(): float(r) for v, r in zip(videos, ratios) if np.isfinite(r)},
+    }
+
+
+RATIO_SCALINGS = ("components", "ratio", "none")
+
+
+def standardized_ratio(apd_per_video, mae_per_video, scaling: str = "none", reference=None) -> dict:
+    """Per-video diversity/error ratio and its mean and median: ``apd_per_video [V]``, ``mae_per_video [V]``.
+
+    What the paper says. arXiv 2504.05537 reports, for the k = 20 lowest-MAE of 100 samples, a
+    "min-max standardised APD/MAE ratio" per video, summarised by its mean and median and shown as a
+    density over videos. Only the title page and abstract of the paper could be read here (v1 and v2),
+    so the exact order of standardising and dividing is not known; the three readings are offered,
+    each named:
+
+    - ``"components"`` (another reading of the words "ratio of min-max-standardised APD to
+      min-max-standardised MAE"): ``APD~_v = (APD_v - min APD) / (max APD - min APD)``, the
+      same for MAE, then ``ratio_v = APD~_v / MAE~_v``. The video at the minimum MAE has
+      ``MAE~ = 0``; its ratio is undefined (NaN) and it is left out of the mean and median (see
+      ``num_undefined``), and videos near that minimum get very large ratios (hence the median).
+    - ``"ratio"``: the min-max-standardised ratio, ``r_v = APD_v / MAE_v`` mapped to
+      ``(r_v - min r) / (max r - min r)``; values in [0, 1] when ``reference`` is the input itself.
+    - ``"none"`` (default): ``ratio_v = APD_v / MAE_v`` as given: the keypoint protocol of
+      :func:`standardized_apd_mae_ratio`, where the standardisation is the per-video min-max scaling
+      of the *data* before APD and MAE are computed, as the authors' code does for keypoints
+      (:func:`apd_mae_ratio_by_video` uses this). For rendered frames a per-video min-max of the
+      pixel values is one uniform rescaling of the video, which cancels in APD / MAE, so the plain
+      ratio is the standardised one.
+
+    ``reference = (apd_ref [R], mae_ref [R])``: where the min and max come from, e.g. the per-video
+    values of every model being compared, pooled, so that all models share one scale; default the
+    inputs themselves. Videos with ``MAE = 0`` (or ``MAE~ = 0``) get NaN and are left out. NumPy, float64.
+
+    Returns ``{"mean", "median", "per_video" [V] (NaN where undefined; for density plots),
+    "num_videos", "num_undefined"}``. Higher ratio = more diversity per unit of error.
+    """
+    if scaling not in RATIO_SCALINGS:
+        raise ValueError(f"standardized_ratio: scaling must be one of {RATIO_SCALINGS}, got {scaling!r}")
+    apd_v = np.asarray(apd_per_video, np.float64)
+    mae_v = np.asarray(mae_per_video, np.float64)
+    if apd_v.ndim != 1 or apd_v.shape != mae_v.shape or len(apd_v) == 0:
+        raise ValueError(f"standardized_ratio: expected two non-empty [V] arrays, got {apd_v.shape} and {mae_v.shape}")
+    if reference is None:
+        apd_ref, mae_ref = apd_v, mae_v
+    else:
+        apd_ref, mae_ref = (np.asarray(a, np.float64).ravel() for a in reference)
+
+    def divide(num, den):
+        out = np.full(num.shape, np.nan)
+        ok = den > 0
+        out[ok] = num[ok] / den[ok]
+        return out
+
+    def minmax(values, ref, what):
+        if ref.size == 0:
+            raise ValueError(f"standardized_ratio: no defined {what} values to min-max scale by")
+        lo, hi = np.min(ref), np.max(ref)
+        if not hi > lo:
+            raise ValueError(f"standardized_ratio: min-max scaling of {what} needs distinct values, all are {lo}; "
+                             "pass a wider reference")
+        return (values - lo) / (hi - lo)
+
+    if scaling == "components":
+        ratios = divide(minmax(apd_v, apd_ref, "APD"), minmax(mae_v, mae_ref, "MAE"))
+    elif scaling == "ratio":
+        ref = divide(apd_ref, mae_ref)
+        ratios = minmax(divide(apd_v, mae_v), ref[np.isfinite(ref)], "APD/MAE")
+    else:
+        ratios = divide(apd_v, mae_v)
+    used = ratios[np.isfinite(ratios)]
+    return {
+        "mean": float(used.mean()) if len(used) else float("nan"),
+        "median": float(np.median(used)) if len(used) else float("nan"),
+        "per_video": ratios,
+        "num_videos": len(ratios),
+        "num_undefined": len(ratios) - len(used),
     }
 
 
@@ -231,6 +345,15 @@ def _mmd2_unbiased(x, y, kernel, kernel_diag, xp):
     return kxx + kyy - 2.0 * kxy
 
 
+def _mmd2_biased(x, y, kernel, xp):
+    """The biased (V-statistic) MMD^2: means over whole Gram matrices, diagonals included (>= 0)."""
+    n, m = x.shape[0], y.shape[0]
+    kxx = _block_kernel_sum(x, x, kernel, xp) / (n * n)
+    kyy = _block_kernel_sum(y, y, kernel, xp) / (m * m)
+    kxy = _block_kernel_sum(x, y, kernel, xp) / (n * m)
+    return kxx + kyy - 2.0 * kxy
+
+
 def _check_feature_sets(x, y, name: str):
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"{name}: expected x [n, F] and y [m, F] with the same F, got {x.shape} and {y.shape}")
@@ -240,22 +363,49 @@ def _check_feature_sets(x, y, name: str):
         )
 
 
-def polynomial_mmd(x, y, degree: int = 3, gamma: float | None = None, coef0: float = 1.0):
+def polynomial_mmd(x, y, degree: int = 3, gamma: float | None = None, coef0: float = 1.0, unbiased: bool = True):
     """Exact unbiased MMD^2 between feature sets ``x [n, F]`` and ``y [m, F]`` with the polynomial kernel.
 
-    ``k(a, b) = (gamma <a, b> + coef0) ** degree`` with ``gamma = 1/F`` by default: the kernel of KID
-    (Binkowski et al. 2018) and of JEDi (V-JEPA features; the feature extractor is the caller's).
-    Every pair is used (no subset blocks, unlike KID's default averaging over subsets). Unbiased, so
-    it can be slightly negative for two samples of one distribution. NumPy inputs are computed in
-    float64; JAX inputs in their own dtype (jittable).
+    ``k(a, b) = (gamma <a, b> + coef0) ** degree`` with ``gamma = 1/F`` by default. The defaults
+    (degree 3, coef0 1) are KID's kernel (Binkowski et al. 2018); JEDi uses degree 2, coef0 0 (see
+    :func:`jedi`). Every pair is used (no subset blocks, unlike KID's default averaging over subsets).
+    Unbiased, so it can be slightly negative for two samples of one distribution; ``unbiased=False``
+    gives the biased V-statistic (whole Gram matrices averaged, diagonals included). NumPy inputs are
+    computed in float64; JAX inputs in their own dtype (jittable).
     """
     xp = _xp(x, y)
     x, y = _as_float(xp, x), _as_float(xp, y)
     _check_feature_sets(x, y, "polynomial_mmd")
     g = 1.0 / x.shape[1] if gamma is None else gamma
     kernel = lambda a, b: (g * (a @ b.T) + coef0) ** degree
+    if not unbiased:
+        return _mmd2_biased(x, y, kernel, xp)
     diag = lambda a: (g * xp.sum(a * a, axis=-1) + coef0) ** degree
     return _mmd2_unbiased(x, y, kernel, diag, xp)
+
+
+# JEDi's kernel and reporting scale, as in the JEDi reference code (github.com/oooolga/JEDi,
+# videojedi/JEDi.py: mmd_poly(..., degree=2, coef0=0) * 100, gamma left to scikit-learn's 1/F).
+JEDI_KERNEL = {"degree": 2, "gamma": None, "coef0": 0.0}
+JEDI_SCALE = 100.0
+
+
+def jedi(real_features, generated_features, unbiased: bool = True):
+    """JEDi between ``real_features [n, F]`` and ``generated_features [m, F]`` (Luo et al. 2024): a scalar.
+
+    ``JEDi = 100 * MMD^2`` with the polynomial kernel ``k(a, b) = (<a, b> / F) ** 2`` (degree 2,
+    gamma 1/F, coef0 0) -- the kernel and the x100 of the JEDi reference code, which computes the
+    MMD from V-JEPA features of 5000 videos per set by default. That code uses the *biased*
+    estimator (means over whole Gram matrices, diagonals included); here the default is the exact
+    unbiased estimator (every pair, no subsets; it can be slightly negative for one distribution and
+    has no small-sample bias), and ``unbiased=False`` reproduces the reference code's number. The
+    features come from any extractor of :mod:`kpflow.features` (``get_extractor("vjepa", ...)`` for
+    the paper's). NumPy inputs in float64, JAX inputs in their own dtype.
+    """
+    xp = _xp(real_features, generated_features)
+    x, y = _as_float(xp, real_features), _as_float(xp, generated_features)
+    _check_feature_sets(x, y, "jedi")
+    return JEDI_SCALE * polynomial_mmd(x, y, **JEDI_KERNEL, unbiased=unbiased)
 
 
 def _sq_dists(a, b, xp):
@@ -405,3 +555,133 @@ def forecast_scores(samples, target, last_observed, chunk: int = 128, **motion_k
     out = {k: float(np.mean(np.concatenate([p[k] for p in parts]))) for k in parts[0]}
     out["motion_mmd"] = float(motion_mmd(target, samples, np.asarray(last_observed), **motion_kwargs))
     return {k: out[k] for k in SCORE_KEYS}
+
+
+# -- rendered video frames ----------------------------------------------------------------------
+
+
+def _as_image_float(xp, a):
+    """NumPy: float64. JAX: at least float32 (uint8 or bfloat16 frames are promoted)."""
+    if xp is np:
+        return np.asarray(a, np.float64)
+    a = jnp.asarray(a)
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
+def _check_image_pair(a, b, name: str) -> tuple[int, ...]:
+    """Both ``[..., H, W, C]`` with equal ``H, W, C`` and broadcastable leading axes; returns the leading shape."""
+    if a.ndim < 3 or b.ndim < 3 or a.shape[-3:] != b.shape[-3:]:
+        raise ValueError(f"{name}: expected images [..., H, W, C] with the same H, W, C; got {a.shape} and {b.shape}")
+    try:
+        return np.broadcast_shapes(a.shape[:-3], b.shape[:-3])
+    except ValueError:
+        raise ValueError(f"{name}: leading axes of {a.shape} and {b.shape} do not broadcast") from None
+
+
+def pixel_mae(pred, target):
+    """Mean absolute error per frame: ``pred``, ``target [..., H, W, 3] float32 in [0, 1]`` -> ``[...]``.
+
+    The mean over H, W and the channels; leading axes broadcast (``samples [S, F, H, W, 3]`` against
+    ``target [F, H, W, 3]`` gives ``[S, F]``). All frames have H x W x 3 values, so the mean of the
+    result over frames is the MAE of the whole video. NumPy inputs in float64, JAX in float32 (jittable).
+    """
+    xp = _xp(pred, target)
+    pred, target = _as_image_float(xp, pred), _as_image_float(xp, target)
+    _check_image_pair(pred, target, "pixel_mae")
+    return xp.mean(xp.abs(pred - target), axis=(-3, -2, -1))
+
+
+def _gaussian_taps(sigma: float, truncate: float) -> np.ndarray:
+    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule)."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def _filter_valid(x, taps: np.ndarray, axis: int):
+    """Correlate ``x`` with ``taps`` along ``axis``, keeping only positions where the window fits."""
+    size = x.shape[axis] - len(taps) + 1
+    index = [slice(None)] * x.ndim
+    out = 0.0
+    for i, w in enumerate(taps):
+        index[axis] = slice(i, i + size)
+        out = out + float(w) * x[tuple(index)]
+    return out
+
+
+def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5, truncate: float = 3.5, k1: float = 0.01,
+         k2: float = 0.03):
+    """Per-image SSIM (Wang et al. 2004) with a Gaussian window: ``a``, ``b [..., H, W, C]`` -> ``[...]``.
+
+    ``frames [..., H, W, 3] float32 in [0, 1]`` (``data_range`` is the span of the values); leading
+    axes broadcast. The window is the normalised Gaussian of ``sigma`` cut at
+    ``int(truncate * sigma + 0.5)`` pixels (11 taps by default), local statistics are population
+    (not sample) moments, the map is averaged over the positions where the window fits and over
+    channels. This equals ``skimage.metrics.structural_similarity(a, b, channel_axis=-1,
+    data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``: scikit-image
+    filters with reflected borders and then crops the border of half a window, which leaves exactly
+    the positions where the window fits. NumPy inputs in float64; JAX in float32 (jittable).
+    Raises ValueError for mismatched shapes or images smaller than the window.
+    """
+    xp = _xp(a, b)
+    a, b = _as_image_float(xp, a), _as_image_float(xp, b)
+    _check_image_pair(a, b, "ssim")
+    taps = _gaussian_taps(sigma, truncate)
+    h, w = a.shape[-3:-1]
+    if min(h, w) < len(taps):
+        raise ValueError(f"ssim: images of {h}x{w} pixels are smaller than the {len(taps)}x{len(taps)} window "
+                         f"(sigma={sigma}, truncate={truncate})")
+    blur = lambda x: _filter_valid(_filter_valid(x, taps, x.ndim - 3), taps, x.ndim - 2)
+    # Moments about each image's mean: identical results (the window sums to 1), less float32
+    # cancellation in E[x^2] - E[x]^2 on smooth images.
+    centre_a = xp.mean(a, axis=(-3, -2), keepdims=True)
+    centre_b = xp.mean(b, axis=(-3, -2), keepdims=True)
+    a0, b0 = a - centre_a, b - centre_b
+    mu_a0, mu_b0 = blur(a0), blur(b0)
+    var_a = blur(a0 * a0) - mu_a0 * mu_a0
+    var_b = blur(b0 * b0) - mu_b0 * mu_b0
+    cov = blur(a0 * b0) - mu_a0 * mu_b0
+    mu_a, mu_b = mu_a0 + centre_a, mu_b0 + centre_b
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    num = (2.0 * mu_a * mu_b + c1) * (2.0 * cov + c2)
+    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return xp.mean(num / den, axis=(-3, -2, -1))
+
+
+def video_sample_scores(samples, target, k: int = 20) -> dict:
+    """The papers' diversity protocol on rendered futures: ``samples [S, F, H, W, 3]``, ``target [F, H, W, 3]``.
+
+    Frames float32 in [0, 1]. Each sample's MAE is its :func:`pixel_mae` averaged over the F frames;
+    the ``k`` samples with lowest MAE are kept (ties: lower sample index first, as
+    :func:`select_lowest_mae`) and scored. Returns:
+
+    - of the k kept: ``mae`` (their mean MAE), ``apd`` (their :func:`apd`: mean Euclidean distance
+      over the ``k (k-1)`` ordered pairs of flattened ``F x H x W x 3`` videos), ``ssim`` (their mean
+      :func:`ssim` over samples and frames);
+    - of all S: ``mae_best`` (the lowest MAE, an oracle) and ``mae_mean`` (the mean of the S MAEs:
+      the expected error of one random sample. Unlike the keypoint ``mae_mean`` of
+      :func:`window_scores`, not the MAE of the averaged sample: an average of videos is a blur);
+    - ``topk_index [k]``: which samples were kept, best first.
+
+    Uses the ground truth to select, so, like the papers' tables, it describes the best ``k`` of S
+    rather than what a deployed system would show. Computed in JAX float32; floats out.
+    """
+    samples, target = jnp.asarray(samples, jnp.float32), jnp.asarray(target, jnp.float32)
+    if samples.ndim != 5 or target.ndim != 4 or samples.shape[1:] != target.shape:
+        raise ValueError(f"video_sample_scores: expected samples [S, F, H, W, 3] and target [F, H, W, 3]; "
+                         f"got {samples.shape} and {target.shape}")
+    s = samples.shape[0]
+    if not 1 <= k <= s:
+        raise ValueError(f"video_sample_scores: k must be in [1, S={s}], got {k}")
+    per_sample = jnp.mean(pixel_mae(samples, target), axis=-1)  # [S]
+    index = np.argsort(np.asarray(per_sample), kind="stable")[:k]
+    chosen = samples[index]
+    return {
+        "mae": float(jnp.mean(per_sample[index])),
+        "apd": float(apd(chosen.reshape(k, 1, -1, 1))[0]),
+        "ssim": float(jnp.mean(ssim(chosen, target))),
+        "mae_best": float(jnp.min(per_sample)),
+        "mae_mean": float(jnp.mean(per_sample)),
+        "topk_index": index,
+    }

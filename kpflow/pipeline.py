@@ -302,12 +302,15 @@ class Renderer:
 
 
 def render_samples(renderer: Renderer, source, kp_source: Keypoints, kp_driving: Keypoints,
-                   shared: np.ndarray | None = None, progress: Callable[[int], Any] | None = None) -> np.ndarray:
+                   shared: np.ndarray | None = None, progress: Callable[[int], Any] | None = None,
+                   shared_frames: np.ndarray | None = None) -> np.ndarray:
     """Render ``S`` sampled driving series: ``kp_driving`` ``value [S, T, K, 2]`` -> ``[S, T, H, W, 3]``.
 
     ``shared [T]`` (bool) marks frames whose keypoints are the same in every sample (the
     transmitted ones): they are rendered once and copied into every sample. All other frames of
     all samples are flattened into one stream and rendered in the renderer's chunks.
+    ``shared_frames [n_shared, H, W, 3]``, when given, are those frames already rendered (e.g. by
+    FOMM without forecasting, whose keypoints they share): they are used as they are.
     """
     value = np.asarray(kp_driving.value, np.float32)
     jac = np.asarray(kp_driving.jacobian, np.float32)
@@ -318,8 +321,11 @@ def render_samples(renderer: Renderer, source, kp_source: Keypoints, kp_driving:
     h, w = np.shape(source)[:2]
     out = np.empty((s, t, h, w, 3), np.float32)
     if shared.any():
-        frames = renderer.render(source, kp_source, Keypoints(value[0, shared], jac[0, shared]), progress)
-        out[:, shared] = frames[None]
+        if shared_frames is None:
+            shared_frames = renderer.render(source, kp_source, Keypoints(value[0, shared], jac[0, shared]), progress)
+        elif np.shape(shared_frames) != (int(shared.sum()), h, w, 3):
+            raise ValueError(f"shared_frames must be [{int(shared.sum())}, {h}, {w}, 3]; got {np.shape(shared_frames)}")
+        out[:, shared] = np.asarray(shared_frames)[None]
     own = ~shared
     if own.any():
         flat = Keypoints(value[:, own].reshape((-1,) + value.shape[2:]), jac[:, own].reshape((-1,) + jac.shape[2:]))
@@ -358,11 +364,12 @@ class MotionTransfer:
       relative_movement, relative_jacobian, adapt_movement_scale: FOMM's transfer options (transfer mode only).
       chunk_size: frames rendered per compiled call (memory bound).
       forecast_horizon: frames asked of the predictor per block (default: the schedule's M).
+      renderer: a :class:`Renderer` to share (its compiled program) between several pipelines.
     """
 
     def __init__(self, fomm, predict: Predictor | None, schedule: Schedule, mode: str = "reconstruction", *,
                  relative_movement: bool = True, relative_jacobian: bool = True, adapt_movement_scale: bool = False,
-                 chunk_size: int = 16, forecast_horizon: int | None = None):
+                 chunk_size: int = 16, forecast_horizon: int | None = None, renderer: Renderer | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
         self.fomm = fomm
@@ -373,7 +380,7 @@ class MotionTransfer:
         self.relative_jacobian = relative_jacobian
         self.adapt_movement_scale = adapt_movement_scale
         self.forecast_horizon = forecast_horizon
-        self.renderer = Renderer(fomm, chunk_size)
+        self.renderer = renderer if renderer is not None else Renderer(fomm, chunk_size)
 
     def _check(self, source, series) -> tuple[np.ndarray, np.ndarray]:
         source = np.asarray(source, np.float32)
@@ -409,7 +416,8 @@ class MotionTransfer:
         return relative_motion(kp_source, kp, kp_initial, relative_movement=self.relative_movement,
                                relative_jacobian=self.relative_jacobian, scale=scale)
 
-    def run(self, source, series, rng: jax.Array, num_samples: int = 1, progress: Callable[[int], Any] | None = None) -> PipelineOutput:
+    def run(self, source, series, rng: jax.Array, num_samples: int = 1, progress: Callable[[int], Any] | None = None, *,
+            kp_initial=None, observed_frames: np.ndarray | None = None) -> PipelineOutput:
         """Render a clip.
 
         Args:
@@ -419,13 +427,18 @@ class MotionTransfer:
           rng: key for the forecast samples.
           num_samples: S futures per forecast block.
           progress: optional callback receiving the number of frames rendered by each chunk.
+          kp_initial: ``[D]`` the driving clip's first-frame keypoints for transfer normalisation
+            (default ``series[0]``; pass it when ``series`` is a window from the middle of a clip).
+          observed_frames: ``[n_observed, H, W, 3]`` the transmitted frames already rendered
+            (FOMM without forecasting), reused instead of rendering them again.
         """
         source, series = self._check(source, series)
         kp_source = jax.tree.map(lambda x: x[0], self.fomm.detect(source[None]))
         keypoints, observed = self.driving_keypoints(series, rng, num_samples)
-        kp_initial = Keypoints.from_vector(jnp.asarray(series[0]))
-        kp_driving = self.normalise(keypoints, kp_source, kp_initial)
-        frames = render_samples(self.renderer, source, kp_source, kp_driving, shared=observed, progress=progress)
+        initial = series[0] if kp_initial is None else np.asarray(kp_initial, np.float32)
+        kp_driving = self.normalise(keypoints, kp_source, Keypoints.from_vector(jnp.asarray(initial)))
+        frames = render_samples(self.renderer, source, kp_source, kp_driving, shared=observed, progress=progress,
+                                shared_frames=observed_frames)
         return PipelineOutput(frames=frames, keypoints=keypoints, observed=observed, kp_source=kp_source)
 
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The kpflow demo, end to end on synthetic keypoints (a few minutes on 2 CPU cores):
-#   1. write a synthetic test folder (other clips than the ones the models train on),
-#   2. train a tiny VRNN and a tiny GRU-NF (configs/demo.py; training data is regenerated in memory),
-#   3. evaluate each against hold-last, linear and random-walk baselines on the test folder,
-#   4. put the two evaluations side by side in one table.
-# Usage: bash scripts/demo.sh   (or make demo). DEMO_OUT=DIR changes the output folder, PY the python.
+# The kpflow demo: the whole system on generated videos (about ten minutes on 2 CPU cores).
+#   1. write a synthetic video dataset (64x64 mp4 clips of two "identities", train/ and test/),
+#   2. train a tiny FOMM on it for a few minutes (stage 1),
+#   3. extract every clip's keypoints with it (what a sender transmits),
+#   4. train a tiny VRNN and a tiny GRU-NF on the training clips' keypoints (stage 2),
+#   5. score them on the test clips' keypoints against hold-last, linear and random-walk baselines,
+#   6. render the test clips in the 6-6 streaming schedule (6 frames sent, 6 forecast) with FOMM
+#      and each forecaster, and score the videos: tables, frame grid, ratio density, sample GIFs.
+# Usage: bash scripts/demo.sh   (or make demo). DEMO_OUT=DIR changes the output folder, PY the
+# python, DEMO_FOMM_MINUTES the FOMM training budget (default 3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,35 +18,53 @@ if [[ ! -x "$PY" ]]; then
   exit 1
 fi
 OUT="${DEMO_OUT:-demo_out}"
+FOMM_MINUTES="${DEMO_FOMM_MINUTES:-3}"
 MODELS=(vrnn grunf)
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "synthetic test data -> $OUT/test_data"
-"$PY" -m kpflow.data.make_synthetic --out "$OUT/test_data" --seed 1
+step "synthetic videos -> $OUT/videos/{train,test}"
+"$PY" -m kpflow.data.synthetic_video --out "$OUT/videos" --num_train 10 --num_test 4 --num_frames 60 --size 64 --seed 0
+
+step "train a tiny FOMM for $FOMM_MINUTES minutes -> $OUT/fomm"
+"$PY" -m train.fomm --config configs/fomm_vox.py:tiny --workdir "$OUT/fomm" \
+  --config.data.dir="$OUT/videos" --config.train.max_minutes="$FOMM_MINUTES" --config.train.image_every=200
+
+step "extract keypoints -> $OUT/keypoints/{train,test}"
+"$PY" -m eval.extract_keypoints --fomm "$OUT/fomm" --videos "$OUT/videos" --out "$OUT/keypoints" --overwrite
 
 for m in "${MODELS[@]}"; do
-  step "train $m -> $OUT/$m"
-  "$PY" -m train.forecaster --config "configs/demo.py:$m" --workdir "$OUT/$m"
+  step "train $m on the extracted keypoints -> $OUT/$m"
+  "$PY" -m train.forecaster --config "configs/demo.py:$m" --workdir "$OUT/$m" \
+    --config.data.kind=npz --config.data.dir="$OUT/keypoints/train"
 done
 
 for m in "${MODELS[@]}"; do
-  step "evaluate $m -> $OUT/${m}_eval.json"
-  "$PY" -m eval.forecast --workdir "$OUT/$m" --data_dir "$OUT/test_data" --out "$OUT/${m}_eval.json"
+  step "keypoint evaluation of $m -> $OUT/${m}_eval.json"
+  "$PY" -m eval.forecast --workdir "$OUT/$m" --data_dir "$OUT/keypoints/test" --out "$OUT/${m}_eval.json"
 done
-
-step "compare -> $OUT/comparison.md"
 evals=()
 for m in "${MODELS[@]}"; do evals+=("$OUT/${m}_eval.json"); done
 "$PY" -m eval.compare "${evals[@]}" --out "$OUT/comparison.md"
 
+step "video evaluation (reconstruction, 6-6) -> $OUT/video"
+forecasters=()
+for m in "${MODELS[@]}"; do forecasters+=(--forecaster "$OUT/$m"); done
+"$PY" -m eval.video --fomm "$OUT/fomm" "${forecasters[@]}" --videos "$OUT/videos" --mode reconstruction \
+  --horizon 6-6 --samples 20 --top_k 5 --out "$OUT/video"
+
 step "done"
 cat <<MSG
 Results in $OUT/:
-  comparison.md              models and baselines side by side (papers' min-max units)
+  video/tables.md            rendered-video scores: FOMM, hold-last and each model (MAE, SSIM, JEDi),
+                             and the diversity table (APD, MAE, SSIM, APD/MAE ratio, best/mean of S)
+  video/frames.png           ground truth / FOMM without forecasting / one row per model
+  video/samples_*.gif        ground truth and sampled futures side by side (red bar: forecast frames)
+  video/ratio_density.png    density of the per-video APD/MAE ratios
+  comparison.md              keypoint-level scores of the models and baselines (papers' min-max units)
+  fomm/                      the FOMM run: checkpoints, curves.png, samples/
 $(for m in "${MODELS[@]}"; do
-  printf '  %-26s %s\n' "${m}_eval.{json,md,png}" "scores, table and sampled trajectories of $m"
-  printf '  %-26s %s\n' "$m/" "training run: checkpoints, metrics.jsonl, loss.png"
+  printf '  %-26s %s\n' "$m/" "forecaster run: checkpoints, metrics.jsonl, loss.png"
 done)
-  test_data/                 the synthetic test clips (.npz, the shared keypoint format)
+  videos/, keypoints/        the generated clips and their extracted keypoints
 MSG
