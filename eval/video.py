@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--which", default="best", choices=("best", "latest"), help="forecaster checkpoint (default best)")
     p.add_argument("--features", default="keypoints", choices=("keypoints", "vjepa"), help="JEDi feature extractor")
-    p.add_argument("--vjepa_weights", default="", help="V-JEPA checkpoint for --features vjepa")
+    p.add_argument("--vjepa_weights", default="", help="V-JEPA encoder checkpoint for --features vjepa (vith16.pth.tar)")
+    p.add_argument("--vjepa_probe", default="",
+                   help="V-JEPA SSv2 attentive-probe checkpoint (JEDi's pooling; default: mean of the tokens)")
+    p.add_argument("--vjepa_config", default="vit_huge", help="V-JEPA model size (JEDi: vit_huge)")
     p.add_argument("--max_clips", type=int, default=0, help="evaluate only the first N clips (0: all)")
     p.add_argument("--skip_short", action="store_true",
                    help="skip clips shorter than one N+M block (default: refuse them)")
@@ -247,6 +250,7 @@ class Evaluation:
         self.renderer = pl.Renderer(fomm, args.chunk_size)
         if args.mode == "transfer" and len(clips) < 2:
             raise UsageError("transfer mode needs at least two clips (the source image comes from another clip)")
+        self.features = self.extractor()  # before any rendering: missing weights fail fast
 
     # -- per clip ---------------------------------------------------------------------------------
     def source_of(self, i: int) -> np.ndarray:
@@ -342,7 +346,8 @@ class Evaluation:
 
         if self.args.features == "vjepa":
             try:
-                return features.get_extractor("vjepa", weights=self.args.vjepa_weights)
+                return features.get_extractor("vjepa", weights=self.args.vjepa_weights,
+                                              probe=self.args.vjepa_probe or None, config=self.args.vjepa_config)
             except (FileNotFoundError, ValueError, ImportError) as e:
                 raise UsageError(" ".join(str(e).split())) from None
         return features.get_extractor("keypoints", detect=self.fomm.detect)
@@ -355,7 +360,7 @@ class Evaluation:
         if len(reference_segments) < 2:
             print("JEDi needs at least two full blocks over all clips; not computed", file=sys.stderr)
             return {}
-        extract = self.extractor()
+        extract = self.features
         real = extract(np.stack(reference_segments))
         out = {}
         for m, segs in tqdm(segments.items(), desc="JEDi features", unit="model", leave=False):

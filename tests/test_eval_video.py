@@ -118,6 +118,7 @@ def test_transfer_mode_uses_fomm_as_the_reference(fomm_dir, runs, videos, tmp_pa
         (["--videos_short"], "shorter than one 12-frame block"),
         (["--mode", "transfer", "--max_clips", "1"], "at least two clips"),
         (["--horizon", "6x6"], "N-M"),
+        (["--features", "vjepa", "--vjepa_weights", "/no/such/vith16.pth.tar"], "/no/such/vith16.pth.tar"),
     ],
 )
 def test_bad_input_gives_one_line_errors(fomm_dir, runs, videos, tmp_path, capsys, args, message):
