@@ -12,6 +12,9 @@ Benchmarks (argparse subcommands; add one with a ``_add_<name>`` parser and a ``
   compiled beforehand, with randomly initialised weights (timing does not depend on values) at the
   official vox-256 config (``--config_variant tiny`` for a quick run). The reference is PyTorch
   FOMM on a 2-core CPU: generator 1.02 s/frame, detector 33 ms/frame (DESIGN.md).
+- ``pipeline``: the whole system on one clip, end to end: S sampled futures of one N-M block
+  forecast and rendered with ``kpflow.pipeline`` (default 100 samples x 24 frames at 256x256, the
+  issue's GPU target), with the compiled memory of one rendering chunk and the device's peak.
 
 Timings are measured here, never asserted in tests.
 """
@@ -415,7 +418,127 @@ def format_fomm(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FORMATTERS = {"forecast": format_forecast, "fomm": format_fomm}
+# -- the whole system ------------------------------------------------------------------------------
+def _add_pipeline(sub) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="end to end: S sampled futures of one N-M block forecast and rendered (kpflow.pipeline)",
+        description=bench_pipeline.__doc__,
+    )
+    p.add_argument("--dataset", default="vox", help="FOMM config dataset (default vox)")
+    p.add_argument("--config_variant", default="", choices=("", "tiny"),
+                   help="'' for the official FOMM config (default), 'tiny' for a quick run")
+    p.add_argument("--frame_size", type=int, default=256, help="frame height and width (default 256)")
+    p.add_argument("--model", default="vrnn", help="forecaster (default vrnn, the authors' sizes)")
+    p.add_argument("--tiny", action="store_true", help="tiny forecaster sizes")
+    p.add_argument("--samples", type=int, default=100, help="sampled futures (default 100)")
+    p.add_argument("--horizon", default="12-12", help="N-M (default 12-12: 24 frames, 12 forecast)")
+    p.add_argument("--chunk_size", type=int, default=16, help="frames per compiled rendering call (default 16)")
+    p.add_argument("--repeats", type=int, default=1, help="timed end-to-end runs (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=bench_pipeline)
+
+
+def _device_peak_bytes() -> int | None:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the whole system on one clip: ``--samples`` futures of an N-M block, rendered.
+
+    A randomly initialised FOMM (timing does not depend on weights) and forecaster; the clip is one
+    N+M block of random frames. One end-to-end run: detect the source keypoints, forecast S futures
+    of the M frames with one vmapped call, normalise, and render the N transmitted frames once plus
+    S x M forecast frames in chunks of ``--chunk_size`` (``kpflow.pipeline.MotionTransfer.run``,
+    transfer mode). Compilation is excluded (a first run warms up). Reports the seconds per run,
+    frames per second, and memory: XLA's compiled size of one rendering chunk and, on GPUs, the
+    device's peak bytes in use.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from configs.fomm_common import fomm_config
+    from kpflow import forecast, pipeline
+    from kpflow.fomm.model import FOMM, build_networks, init_variables
+
+    schedule = pipeline.Schedule.parse(args.horizon)
+    if args.samples < 1 or args.repeats < 1 or args.chunk_size < 1 or args.frame_size < 8 or schedule.horizon < 1:
+        raise SystemExit("eval.bench pipeline: --samples, --repeats, --chunk_size >= 1, --frame_size >= 8, M >= 1")
+    config = fomm_config(args.dataset, args.config_variant)
+    config.data.frame_shape = (args.frame_size, args.frame_size, 3)
+    nets = build_networks(config.model)
+    shape = (args.frame_size, args.frame_size)
+    init = jax.jit(lambda k: init_variables(nets, k, shape, with_discriminator=False))
+    fomm = FOMM(config, init(jax.random.key(args.seed, impl="unsafe_rbg")))
+    dim = 6 * fomm.num_kp
+
+    sizes = (TINY_SIZES if args.tiny else AUTHORS_SIZES).get(args.model, {})
+    f = forecast.create(args.model, dim=dim, num_observed=schedule.num_observed, horizon=schedule.horizon, **sizes)
+    rng = np.random.default_rng(args.seed)
+    frames = rng.uniform(0, 1, (schedule.period, *shape, 3)).astype(np.float32)
+    series = np.asarray(fomm.detect(frames).to_vector())
+    variables = f.init(jax.random.key(args.seed), jnp.asarray(series[None]))
+    system = pipeline.MotionTransfer(fomm, pipeline.forecaster_predictor(f, variables), schedule, "transfer",
+                                     chunk_size=args.chunk_size)
+    source = rng.uniform(0, 1, (*shape, 3)).astype(np.float32)
+
+    def run_once(i: int):
+        return system.run(source, series, jax.random.key(i), args.samples)
+
+    out = run_once(0)  # compile (time_calls warms up once more: cheap next to compilation)
+    times = [t / 1e3 for t in time_calls(lambda: run_once(1), args.repeats)]  # ms -> s
+    rendered = pipeline.frames_needed(schedule, schedule.period, args.samples)
+    chunk = system.renderer._render_chunk.lower(
+        fomm.variables["generator"], jnp.asarray(source), out.kp_source,
+        jax.tree.map(lambda x: jnp.zeros((args.chunk_size,) + x.shape[1:], x.dtype),
+                     jax.tree.map(lambda x: x[0], pipeline.Keypoints.from_vector(jnp.asarray(out.keypoints)))),
+    ).compile()
+    mem = chunk.memory_analysis()
+    chunk_bytes = None
+    if mem is not None:
+        chunk_bytes = int(sum(getattr(mem, k, 0) or 0 for k in (
+            "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")))
+    median = statistics.median(times)
+    env = environment()
+    return {
+        "benchmark": "pipeline",
+        "dataset": args.dataset,
+        "config_variant": args.config_variant or "official",
+        "frame_size": args.frame_size,
+        "model": args.model,
+        "forecaster_sizes": "tiny" if args.tiny else ("authors" if args.model in AUTHORS_SIZES else "defaults"),
+        "schedule": str(schedule),
+        "samples": args.samples,
+        "chunk_size": args.chunk_size,
+        "frames_rendered": rendered,
+        "output_shape": list(out.frames.shape),
+        "seconds": {"median": median, "times": times},
+        "frames_per_second": rendered / median,
+        "chunk_compiled_bytes": chunk_bytes,
+        "device_peak_bytes": _device_peak_bytes(),
+        "device_kind": env["device_kind"],
+        "environment": env,
+    }
+
+
+def format_pipeline(r: dict[str, Any]) -> str:
+    env = r["environment"]
+    gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f} GiB"
+    return "\n".join([
+        (f"pipeline: FOMM {r['dataset']} {r['config_variant']} at {r['frame_size']}x{r['frame_size']}, "
+         f"{r['model']} ({r['forecaster_sizes']} sizes), {r['schedule']}, {r['samples']} samples, chunks of {r['chunk_size']}"),
+        f"  backend {env['backend']} ({env['device_kind']}), jax {env['jax']}",
+        (f"  end to end {r['seconds']['median']:.2f} s (median of {len(r['seconds']['times'])}) for "
+         f"{r['frames_rendered']} rendered frames -> output {tuple(r['output_shape'])}: {r['frames_per_second']:.1f} frames/s"),
+        f"  memory: one rendering chunk compiles to {gib(r['chunk_compiled_bytes'])}; device peak {gib(r['device_peak_bytes'])}",
+    ])
+
+
+FORMATTERS = {"forecast": format_forecast, "fomm": format_fomm, "pipeline": format_pipeline}
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -425,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     _add_forecast(sub)
     _add_fomm(sub)
+    _add_pipeline(sub)
     # Every benchmark writes its result the same way.
     for p in sub.choices.values():
         p.add_argument("--out", default="", help="also write the result as JSON to this file")

@@ -93,3 +93,13 @@ def test_fomm_defaults_are_the_official_setting():
         "", 256, 1, 10, "float32")
     with pytest.raises(SystemExit, match="--batch"):
         bench.main(["fomm", "--batch", "0"])
+
+
+def test_pipeline_benchmark_tiny():
+    """The end-to-end benchmark runs and reports consistent fields (no timing assertions)."""
+    r = bench.main(["pipeline", "--config_variant", "tiny", "--frame_size", "32", "--tiny", "--samples", "3",
+                    "--horizon", "6-6", "--chunk_size", "8"])
+    assert r["benchmark"] == "pipeline" and r["output_shape"] == [3, 12, 32, 32, 3]
+    assert r["frames_rendered"] == 6 + 3 * 6
+    assert r["seconds"]["median"] > 0 and r["frames_per_second"] == r["frames_rendered"] / r["seconds"]["median"]
+    assert r["chunk_compiled_bytes"] is None or r["chunk_compiled_bytes"] > 0
