@@ -399,7 +399,7 @@ class Evaluation:
             for i, clip in enumerate(self.clips):
                 blocks = _full_blocks(sched, len(clip.frames))
                 jobs += [(i, b) for b in (blocks[: a.diversity_windows] if a.diversity_windows else blocks)]
-            bar = tqdm(total=len(jobs) * a.samples * m_, desc=f"diversity {label} (S={a.samples})", unit="frame")
+            bar = tqdm(total=len(jobs) * (a.samples * m_ + n), desc=f"diversity {label} (S={a.samples})", unit="frame")
             clip_scores: dict[int, dict] = {}
             for i, b in jobs:
                 clip = self.clips[i]
