@@ -1,8 +1,8 @@
 # kpflow: every target sets itself up on a fresh machine (a .venv beside this file).
 #
 #   make test     the test suite (creates .venv and installs kpflow[dev,torch] on first use)
-#   make demo     synthetic data -> train VRNN and GRU-NF -> evaluate -> comparison table (demo_out/)
-#   make bench    forecaster sampling and FOMM speed (runs/bench_*.json)
+#   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
+#   make bench    forecaster sampling, FOMM and end-to-end pipeline speed (runs/bench_*.json)
 #   make lint     ruff
 #   make torch    the optional PyTorch extra (checkpoint conversion, parity tests)
 #   make clean    caches and demo output (keeps .venv and runs/); make distclean also drops .venv
@@ -45,6 +45,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m eval.bench forecast --out runs/bench_forecast.json
 	$(PY) -m eval.bench fomm --out runs/bench_fomm.json
+	$(PY) -m eval.bench pipeline --samples 10 --out runs/bench_pipeline.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kpflow train eval configs tests notebooks
