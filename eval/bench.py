@@ -463,17 +463,15 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     from configs.fomm_common import fomm_config
     from kpflow import forecast, pipeline
-    from kpflow.fomm.model import FOMM, build_networks, init_variables
+    from kpflow.fomm.model import random_fomm
 
     schedule = pipeline.Schedule.parse(args.horizon)
     if args.samples < 1 or args.repeats < 1 or args.chunk_size < 1 or args.frame_size < 8 or schedule.horizon < 1:
         raise SystemExit("eval.bench pipeline: --samples, --repeats, --chunk_size >= 1, --frame_size >= 8, M >= 1")
     config = fomm_config(args.dataset, args.config_variant)
     config.data.frame_shape = (args.frame_size, args.frame_size, 3)
-    nets = build_networks(config.model)
     shape = (args.frame_size, args.frame_size)
-    init = jax.jit(lambda k: init_variables(nets, k, shape, with_discriminator=False))
-    fomm = FOMM(config, init(jax.random.key(args.seed, impl="unsafe_rbg")))
+    fomm = random_fomm(config, args.seed)
     dim = 6 * fomm.num_kp
 
     sizes = (TINY_SIZES if args.tiny else AUTHORS_SIZES).get(args.model, {})

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -232,6 +233,10 @@ def _segments(frames: np.ndarray, blocks, num_observed: int) -> list[np.ndarray]
     return [frames[b.start + num_observed - 1 : b.stop] for b in blocks]
 
 
+def _concatenated(rows: dict, key: str) -> np.ndarray:
+    return np.concatenate(rows[key]) if rows[key] else np.zeros(0)
+
+
 def _full_blocks(schedule, t: int):
     return [b for b in schedule.blocks(t) if len(b.forecast) == schedule.horizon]
 
@@ -328,7 +333,7 @@ class Evaluation:
         jedi = self.jedi(reference_segments, segments)
         table = {}
         for m, r in rows.items():
-            cat = lambda k: np.concatenate(r[k]) if r[k] else np.zeros(0)
+            cat = functools.partial(_concatenated, r)
             table[m] = {
                 "mae": float(cat("abs_err_forecast").mean()),
                 "mae_all_frames": float(cat("abs_err_all").mean()),
@@ -384,12 +389,10 @@ class Evaluation:
         from tqdm import tqdm
 
         from kpflow import metrics
-        from kpflow import pipeline as pl
 
         a = self.args
         sched = self.schedule
         n, m_ = sched.num_observed, sched.horizon
-        window_sched = pl.Schedule(n, m_)
         table, media = {}, {}
         for label in self.diversity_models():
             pipe = self.pipeline(self.predictor(label))
@@ -416,8 +419,8 @@ class Evaluation:
                 scores = metrics.video_sample_scores(samples, reference[n:], k=a.top_k)
                 es = metrics.energy_score(out.keypoints[:, None, n:], window[None, n:])
                 scores["energy_score"] = float(np.asarray(es)[0])
-                for k in windows:
-                    windows[k].append(float(scores[k]))
+                for k, values in windows.items():
+                    values.append(float(scores[k]))
                 clip_scores.setdefault(i, {"apd": [], "mae": []})
                 clip_scores[i]["apd"].append(float(scores["apd"]))
                 clip_scores[i]["mae"].append(float(scores["mae"]))
@@ -475,8 +478,8 @@ def markdown(result: dict) -> str:
         d0 = next(iter(result["diversity"].values()))
         lines += [
             "",
-            f"Diversity: {d0['samples']} samples per block, the {d0['top_k']} with lowest MAE kept "
-            f"({d0['windows']} blocks). Ratio = per-video standardised APD / MAE.",
+            (f"Diversity: {d0['samples']} samples per block, the {d0['top_k']} with lowest MAE kept "
+             f"({d0['windows']} blocks). Ratio = per-video standardised APD / MAE."),
             "",
             "| model | APD | MAE | SSIM | ratio mean | ratio median | best-of-S MAE | mean-of-S MAE | keypoint energy score |",
             "|---|---|---|---|---|---|---|---|---|",

@@ -259,6 +259,12 @@ def _chunks(total: int, size: int):
         yield start, min(start + size, total)
 
 
+def _padded(x: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
+    """``x[start:stop]`` padded to ``size`` rows by repeating its last row (one compiled chunk shape)."""
+    rows = x[start:stop]
+    return rows if len(rows) == size else np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])
+
+
 class Renderer:
     """Renders frames from one source image with a loaded ``kpflow.fomm.FOMM``.
 
@@ -293,8 +299,8 @@ class Renderer:
         variables = self.fomm.variables["generator"]
         for start, stop in _chunks(total, c):
             n = stop - start
-            pad = lambda x: np.concatenate([x[start:stop], np.repeat(x[stop - 1 : stop], c - n, axis=0)]) if n < c else x[start:stop]
-            out = self._render_chunk(variables, source, kp_source, Keypoints(jnp.asarray(pad(value)), jnp.asarray(pad(jac))))
+            chunk = Keypoints(jnp.asarray(_padded(value, start, stop, c)), jnp.asarray(_padded(jac, start, stop, c)))
+            out = self._render_chunk(variables, source, kp_source, chunk)
             frames[start:stop] = np.asarray(out[:n])
             if progress is not None:
                 progress(n)
@@ -343,13 +349,15 @@ class PipelineOutput:
 
     ``frames [S, T, H, W, 3]`` rendered video per sample; ``keypoints [S, T, D]`` the receiver's
     series (transmitted + forecast, before transfer normalisation); ``observed [T]`` bool mask of
-    transmitted frames; ``kp_source`` the source image's keypoints.
+    transmitted frames; ``kp_source`` the source image's keypoints; ``kp_driving`` (``value
+    [S, T, K, 2]``) the keypoints FOMM rendered with (after transfer normalisation).
     """
 
     frames: np.ndarray
     keypoints: np.ndarray
     observed: np.ndarray
     kp_source: Keypoints
+    kp_driving: Keypoints
 
 
 class MotionTransfer:
@@ -439,7 +447,8 @@ class MotionTransfer:
         kp_driving = self.normalise(keypoints, kp_source, Keypoints.from_vector(jnp.asarray(initial)))
         frames = render_samples(self.renderer, source, kp_source, kp_driving, shared=observed, progress=progress,
                                 shared_frames=observed_frames)
-        return PipelineOutput(frames=frames, keypoints=keypoints, observed=observed, kp_source=kp_source)
+        return PipelineOutput(frames=frames, keypoints=keypoints, observed=observed, kp_source=kp_source,
+                              kp_driving=kp_driving)
 
 
 def frames_needed(schedule: Schedule, num_frames: int, num_samples: int) -> int:
@@ -449,7 +458,19 @@ def frames_needed(schedule: Schedule, num_frames: int, num_samples: int) -> int:
 
 
 __all__: Sequence[str] = (
-    "Block", "MODES", "MotionTransfer", "PipelineOutput", "Predictor", "Renderer", "Schedule",
-    "convex_hull_area", "forecast_series", "forecaster_predictor", "frames_needed", "hold_last_predictor",
-    "movement_scale", "relative_motion", "render_samples",
+    "MODES",
+    "Block",
+    "MotionTransfer",
+    "PipelineOutput",
+    "Predictor",
+    "Renderer",
+    "Schedule",
+    "convex_hull_area",
+    "forecast_series",
+    "forecaster_predictor",
+    "frames_needed",
+    "hold_last_predictor",
+    "movement_scale",
+    "relative_motion",
+    "render_samples",
 )

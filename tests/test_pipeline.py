@@ -8,7 +8,7 @@ import pytest
 from configs.fomm_common import fomm_config
 from kpflow import forecast
 from kpflow import pipeline as pl
-from kpflow.fomm.model import FOMM, build_networks, init_variables
+from kpflow.fomm.model import random_fomm
 from kpflow.keypoints import Keypoints
 
 K = 10
@@ -18,11 +18,7 @@ D = 6 * K
 @pytest.fixture(scope="module")
 def fomm():
     """A tiny randomly initialised FOMM (64x64 frames)."""
-    config = fomm_config("vox", "tiny")
-    nets = build_networks(config.model)
-    shape = tuple(config.data.frame_shape)
-    init = jax.jit(lambda key: init_variables(nets, key, shape, with_discriminator=False))
-    return FOMM(config, init(jax.random.key(0, impl="unsafe_rbg")))
+    return random_fomm(fomm_config("vox", "tiny"))
 
 
 def random_series(t: int, seed: int = 0) -> np.ndarray:
@@ -160,7 +156,7 @@ def test_rendering_samples_in_one_batch_equals_one_by_one(fomm):
     together = pl.render_samples(pl.Renderer(fomm, chunk_size=4), source, kp_source, kp, shared=shared)
     alone = pl.Renderer(fomm, chunk_size=3)
     for s in range(3):
-        one = alone.render(source, kp_source, jax.tree.map(lambda x: x[s], kp))
+        one = alone.render(source, kp_source, Keypoints(kp.value[s], kp.jacobian[s]))
         np.testing.assert_allclose(together[s], one, atol=2e-5)
     assert together.shape == (3, 5, 64, 64, 3)
     assert not np.allclose(together[0, 1], together[1, 1])

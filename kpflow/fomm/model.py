@@ -200,6 +200,16 @@ def _path(path) -> list:
     return [getattr(p, "key", getattr(p, "name", getattr(p, "idx", p))) for p in path]
 
 
+def random_fomm(config: ml_collections.ConfigDict, seed: int = 0, dtype: Any = jnp.float32) -> FOMM:
+    """A :class:`FOMM` with randomly initialised weights (tests, benchmarks, notebooks without a
+    trained model). Initialisation is jitted with the ``unsafe_rbg`` generator: XLA compiles a
+    threefry draw per parameter very slowly on CPUs (tens of seconds even for the tiny config)."""
+    nets = build_networks(config.model, dtype=dtype)
+    shape = frame_shape_of(config)
+    init = jax.jit(lambda key: init_variables(nets, key, shape, with_discriminator=False))
+    return FOMM(config, init(jax.random.key(seed, impl="unsafe_rbg")), dtype=dtype)
+
+
 def load(directory: str, which: str = "latest", dtype: Any = jnp.float32) -> FOMM:
     """Load a FOMM directory (converted or trained) as a :class:`FOMM`."""
     config = load_config(directory)
