@@ -367,14 +367,50 @@ class Evaluation:
             return {}
         extract = self.features
         real = extract(np.stack(reference_segments))
+        # Keypoint-trajectory features are increments of ~1e-2: in the homogeneous degree-2 kernel
+        # every value would vanish, so they are z-scored with the reference set's per-dimension
+        # statistics. V-JEPA features go in as JEDi uses them.
+        loc, scale = (real.mean(0), real.std(0) + 1e-8) if self.args.features == "keypoints" else (0.0, 1.0)
         out = {}
         for m, segs in tqdm(segments.items(), desc="JEDi features", unit="model", leave=False):
             if self.args.mode == "transfer" and m == NO_FORECAST:
                 continue  # it is the reference
-            out[m] = float(metrics.jedi(real, extract(np.stack(segs))))
+            out[m] = float(metrics.jedi((real - loc) / scale, (extract(np.stack(segs)) - loc) / scale))
         return out
 
     # -- diversity table ------------------------------------------------------------------------
+    def baselines_on(self, jobs, key) -> dict:
+        """FOMM without forecasting and hold-last on the diversity table's blocks (MAE and SSIM of
+        the forecast frames), so the models' rows have their baselines beside them."""
+        from kpflow import metrics
+
+        n = self.schedule.num_observed
+        rows = {}
+        for label in (NO_FORECAST, HOLD_LAST):
+            if self.args.mode == "transfer" and label == NO_FORECAST:
+                continue  # it is the reference
+            pipe = self.pipeline(self.predictor(label))
+            mae, ssim = [], []
+            for i, b in jobs:
+                clip = self.clips[i]
+                window = clip.series[b.start : b.stop]
+                out = pipe.run(self.source_of(i), window, key, 1, kp_initial=clip.series[0])
+                reference = self.reference_window(i, b)
+                mae.append(float(np.mean(metrics.pixel_mae(out.frames[0, n:], reference[n:]))))
+                ssim.append(float(np.mean(metrics.ssim(out.frames[0, n:], reference[n:]))))
+            rows[label] = {"mae": float(np.mean(mae)), "ssim": float(np.mean(ssim)), "windows": len(jobs), "baseline": True}
+        return rows
+
+    def reference_window(self, i: int, b) -> np.ndarray:
+        """The reference frames of block ``b`` of clip ``i``: ground truth, or (transfer) FOMM's rendering."""
+        clip = self.clips[i]
+        if self.args.mode == "reconstruction":
+            return clip.frames[b.start : b.stop]
+        import jax
+
+        window = clip.series[b.start : b.stop]
+        return self.pipeline(None).run(self.source_of(i), window, jax.random.key(0), 1, kp_initial=clip.series[0]).frames[0]
+
     def diversity_models(self) -> list[str]:
         wanted = [w.strip() for w in self.args.diversity_models.split(",") if w.strip()]
         labels = [m.label for m in self.models]
@@ -394,14 +430,15 @@ class Evaluation:
         sched = self.schedule
         n, m_ = sched.num_observed, sched.horizon
         table, media = {}, {}
+        jobs = []
+        for i, clip in enumerate(self.clips):
+            blocks = _full_blocks(sched, len(clip.frames))
+            jobs += [(i, b) for b in (blocks[: a.diversity_windows] if a.diversity_windows else blocks)]
+        table.update(self.baselines_on(jobs, key))
         for label in self.diversity_models():
             pipe = self.pipeline(self.predictor(label))
             per_video = {"apd": [], "mae": []}
             windows = {"mae": [], "apd": [], "ssim": [], "mae_best": [], "mae_mean": [], "energy_score": []}
-            jobs = []
-            for i, clip in enumerate(self.clips):
-                blocks = _full_blocks(sched, len(clip.frames))
-                jobs += [(i, b) for b in (blocks[: a.diversity_windows] if a.diversity_windows else blocks)]
             bar = tqdm(total=len(jobs) * (a.samples * m_ + n), desc=f"diversity {label} (S={a.samples})", unit="frame")
             clip_scores: dict[int, dict] = {}
             for i, b in jobs:
@@ -410,11 +447,7 @@ class Evaluation:
                 source = self.source_of(i)
                 window = clip.series[b.start : b.stop]
                 out = pipe.run(source, window, sub, a.samples, progress=bar.update, kp_initial=clip.series[0])
-                if a.mode == "reconstruction":
-                    reference = clip.frames[b.start : b.stop]
-                else:
-                    fomm = self.pipeline(None).run(source, window, sub, 1, kp_initial=clip.series[0])
-                    reference = fomm.frames[0]
+                reference = self.reference_window(i, b)
                 samples = out.frames[:, n:]  # [S, M, H, W, 3]
                 scores = metrics.video_sample_scores(samples, reference[n:], k=a.top_k)
                 es = metrics.energy_score(out.keypoints[:, None, n:], window[None, n:])
@@ -456,6 +489,10 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _jedi(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def markdown(result: dict) -> str:
     a = result["args"]
     lines = [
@@ -473,9 +510,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {m} | reference | reference | reference | {_fmt(r['kp_mae'])} | reference |")
         else:
             lines.append(f"| {m} | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | {_fmt(r['mae_all_frames'])} | "
-                         f"{_fmt(r['kp_mae'])} | {_fmt(r['jedi'], 5)} |")
+                         f"{_fmt(r['kp_mae'])} | {_jedi(r['jedi'])} |")
     if result.get("diversity"):
-        d0 = next(iter(result["diversity"].values()))
+        d0 = next(r for r in result["diversity"].values() if not r.get("baseline"))
         lines += [
             "",
             (f"Diversity: {d0['samples']} samples per block, the {d0['top_k']} with lowest MAE kept "
@@ -485,6 +522,9 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for m, r in result["diversity"].items():
+            if r.get("baseline"):
+                lines.append(f"| {m} (one rendering) | - | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | - | - | - | - | - |")
+                continue
             lines.append(
                 f"| {m} | {_fmt(r['apd'])} | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | {_fmt(r['ratio_mean'], 3)} | "
                 f"{_fmt(r['ratio_median'], 3)} | {_fmt(r['mae_best'])} | {_fmt(r['mae_mean'])} | {_fmt(r['energy_score'])} |"
@@ -535,6 +575,8 @@ def plot_ratio_density(path: Path, diversity: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for label, r in diversity.items():
+        if r.get("baseline"):
+            continue
         v = np.asarray([x for x in r["ratio_per_video"].values() if x is not None and np.isfinite(x)], np.float64)
         if v.size == 0:
             continue

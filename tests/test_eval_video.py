@@ -86,8 +86,12 @@ def test_reconstruction_end_to_end(fomm_dir, runs, videos, tmp_path, capsys):
     assert single[ev.HOLD_LAST]["kp_mae"] > 0.0
     # Forecast frames differ from FOMM's; transmitted frames are identical, so the all-frames MAE is closer.
     assert single[ev.HOLD_LAST]["mae"] != single[ev.NO_FORECAST]["mae"]
-    assert set(result["diversity"]) == {"vrnn", "grunf"}
-    for row in result["diversity"].values():
+    assert set(result["diversity"]) == {"vrnn", "grunf", ev.NO_FORECAST, ev.HOLD_LAST}
+    for name in (ev.NO_FORECAST, ev.HOLD_LAST):  # the baselines on the same blocks
+        assert result["diversity"][name]["baseline"] and result["diversity"][name]["windows"] == 3
+    assert result["diversity"][ev.NO_FORECAST]["mae"] != result["diversity"][ev.HOLD_LAST]["mae"]
+    for name in ("vrnn", "grunf"):
+        row = result["diversity"][name]
         assert row["windows"] == 3 and row["samples"] == 4 and row["top_k"] == 2
         assert row["mae_best"] <= row["mae"] + 1e-7 <= row["mae_mean"] + 2e-7
         assert row["apd"] > 0 and math.isfinite(row["energy_score"])
@@ -107,6 +111,7 @@ def test_transfer_mode_uses_fomm_as_the_reference(fomm_dir, runs, videos, tmp_pa
     result = json.loads((out / "results.json").read_text())
     assert result["single"][ev.NO_FORECAST].get("reference") is True
     assert result["single"]["vrnn"]["mae"] > 0 and result["diversity"] == {}
+    assert result["single"]["vrnn"]["jedi"] is not None and ev.NO_FORECAST not in (result.get("jedi") or {})
     assert "| FOMM (no forecast) | reference |" in (out / "tables.md").read_text()
 
 
