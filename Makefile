@@ -12,7 +12,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Re-install when pyproject.toml changes; otherwise repeat runs skip pip entirely.
 STAMP := $(VENV)/.installed
-# Extra pytest arguments, e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or PYTEST_ARGS="-m 'not slow'".
+# Tests run in TEST_WORKERS pytest-xdist processes (a test file stays in one process, so its
+# module fixtures are built once); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-m 'not slow'" or PYTEST_ARGS="-k pipeline".
 PYTEST_ARGS ?=
 # The CPU wheel of torch available on these machines; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH_VERSION ?= 2.13.0
@@ -34,10 +37,10 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PY=$(PY) bash scripts/demo.sh
