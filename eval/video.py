@@ -550,8 +550,11 @@ def plot_frame_grid(path: Path, figure: dict, methods: list[str], schedule, mode
     rows += [(m, figure[m]) for m in methods if m in figure and not (mode == "transfer" and m == NO_FORECAST)]
     fig, axes = plt.subplots(len(rows), len(cols) + 1, figsize=(1.6 * (len(cols) + 1), 1.6 * len(rows)), squeeze=False)
     for r, (label, frames) in enumerate(rows):
-        axes[r, 0].imshow(figure["source"] if r == 0 else np.ones_like(figure["source"]))
-        axes[r, 0].set_title("source" if r == 0 else "", fontsize=8)
+        if r == 0:
+            axes[r, 0].imshow(np.clip(figure["source"], 0, 1))
+            axes[r, 0].set_title("source", fontsize=8)
+        else:
+            axes[r, 0].axis("off")
         axes[r, 1].set_ylabel(label, fontsize=8)
         for c, f in enumerate(cols):
             ax = axes[r, c + 1]
