@@ -14,8 +14,9 @@ sender always knows what the receiver will show if it sends nothing:
 Packet layout (every byte counts toward the bitrate): 2 header bytes, then the payload.
 - byte 0: sequence number mod 256 (a gap tells the receiver that packets were lost);
 - byte 1: bit 7 = intra, bits 0-6 = frame index mod 128 (``max_gap`` <= 127 keeps it unambiguous);
-- payload: the D integer symbols, range-coded (``constriction``) with a per-dimension quantised
-  Laplace model whose scales are codec parameters shared once, like a codebook.
+- payload: the D integer symbols, range-coded (``constriction``): residuals with one fitted
+  histogram per dimension, intra frames with a quantised Laplace model; these models are codec
+  parameters shared once, like a codebook. A residual too large for its histogram goes intra.
 
 A receiver that detects a lost packet ignores predicted packets until the next intra one and keeps
 forecasting in the meantime; it never stops producing frames.
@@ -113,11 +114,53 @@ class LaplaceCoder:
 
 
 @dataclasses.dataclass(frozen=True)
+class CategoricalCoder:
+    """Range coding of ``[D]`` symbols in ``[-radius, radius]`` with one fitted histogram per dimension.
+
+    Closer to an ideal order-0 coder than a parametric model: prediction residuals are mostly 0 with
+    heavy, dimension-dependent tails. Symbols outside the radius cannot be coded (:meth:`fits`); the
+    sender then sends an intra packet instead.
+    """
+
+    probabilities: np.ndarray  # [D, 2 radius + 1], rows sum to 1
+
+    @property
+    def radius(self) -> int:
+        return (self.probabilities.shape[1] - 1) // 2
+
+    @classmethod
+    def fit(cls, symbols: np.ndarray, radius: int = 15, alpha: float = 0.05) -> CategoricalCoder:
+        """Histograms of example symbols ``[n, D]`` with ``alpha`` added to every count (unseen symbols stay codable)."""
+        symbols = np.asarray(symbols, np.int64)
+        counts = np.full((symbols.shape[1], 2 * radius + 1), float(alpha))
+        inside = np.abs(symbols) <= radius
+        for d in range(symbols.shape[1]):
+            np.add.at(counts[d], symbols[inside[:, d], d] + radius, 1.0)
+        return cls(counts / counts.sum(axis=1, keepdims=True))
+
+    def fits(self, symbols: np.ndarray) -> bool:
+        return bool(np.all(np.abs(symbols) <= self.radius))
+
+    def encode(self, symbols: np.ndarray) -> bytes:
+        c = _constriction()
+        encoder = c.stream.queue.RangeEncoder()
+        model = c.stream.model.Categorical(perfect=False)
+        encoder.encode(np.asarray(symbols, np.int32) + self.radius, model, self.probabilities)
+        return encoder.get_compressed().tobytes()
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        c = _constriction()
+        decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, np.uint32).copy())
+        model = c.stream.model.Categorical(perfect=False)
+        return np.asarray(decoder.decode(model, self.probabilities), np.int32) - self.radius
+
+
+@dataclasses.dataclass(frozen=True)
 class CodecParams:
     """Shared once between sender and receiver (not per frame): quantiser, models and intra centre."""
 
     quantizer: Quantizer
-    predicted: LaplaceCoder  # residuals against the prediction
+    predicted: CategoricalCoder  # residuals against the prediction
     intra: LaplaceCoder  # frames against ``centre``
     centre: np.ndarray  # [D]
 
@@ -132,7 +175,7 @@ class CodecParams:
         residuals = [s[t] - predict(s[:t]) for s in series for t in range(1, len(s))]
         return cls(
             quantizer=q,
-            predicted=LaplaceCoder.fit(q.symbols(np.stack(residuals))),
+            predicted=CategoricalCoder.fit(q.symbols(np.stack(residuals))),
             intra=LaplaceCoder.fit(q.symbols(np.concatenate(series) - centre)),
             centre=centre,
         )
@@ -222,7 +265,7 @@ class Sender:
         prediction = self.mirror.prediction()
         packet = None
         if self._should_send(x, prediction):
-            intra = self.seq % self.intra_period == 0
+            intra = self.seq % self.intra_period == 0 or not p.predicted.fits(p.quantizer.symbols(x - prediction))
             residual = x - (p.centre if intra else prediction)
             coder = p.intra if intra else p.predicted
             packet = _header(self.seq, intra, self.frame) + coder.encode(p.quantizer.symbols(residual))

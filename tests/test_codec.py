@@ -1,5 +1,7 @@
 """kpflow.codec: real byte packets, quantisation bound, lost packets, byte counting."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,37 @@ def test_bad_input_gives_one_line_errors(params):
         codec.transmit(np.zeros((5, 12)), params)
     with pytest.raises(ValueError, match="header"):
         codec.Receiver(params).step(b"\x00")
+
+
+def test_eval_codec_cli_writes_the_rate_distortion_points(tmp_path, capsys):
+    from eval import codec as eval_codec
+    from kpflow.data.clips import save_clip
+    from kpflow.keypoints import vector_to_keypoints
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    for name, series in synthetic_clips(num_clips=4, num_speakers=2, seed=1).items():
+        save_clip(str(data / f"{name}.npz"), *vector_to_keypoints(series))
+    out = tmp_path / "rd.json"
+    code = eval_codec.main(["--data_dir", str(data), "--out", str(out), "--steps", "0.02", "0.05",
+                            "--thresholds", "0.02"])
+    assert code == 0
+    points = json.loads(out.read_text())
+    policies = {p["policy"] for p in points}
+    assert {"paper_fp32", "paper_fp32_half_forecast", "order0", "kpflow_every_frame", "kpflow_threshold"} <= policies
+    paper = {p["policy"]: p for p in points if p["policy"].startswith("paper")}
+    assert paper["paper_fp32"]["kbps"] == pytest.approx(60 * 32 * 30 / 1000)
+    assert paper["paper_fp32_half_forecast"]["kbps"] == pytest.approx(28.8)
+    assert paper["paper_fp32_half_forecast"]["mae_raw"] > 0
+    coarse = [p for p in points if p["policy"] == "order0"]
+    assert coarse[0]["kbps"] > coarse[1]["kbps"] and coarse[0]["mae_raw"] < coarse[1]["mae_raw"]
+    assert all(p["kbps"] > 0 for p in points if p["policy"].startswith("kpflow"))
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "papers' 6 sent + 6 held" in capsys.readouterr().out
+
+
+def test_eval_codec_cli_bad_input(tmp_path):
+    from eval import codec as eval_codec
+
+    with pytest.raises(SystemExit, match="error: "):
+        eval_codec.main(["--data_dir", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")])
