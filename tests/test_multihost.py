@@ -1,6 +1,7 @@
 """Two JAX processes on localhost form one job (jax.distributed over gloo) and train together."""
 
 import json
+import math
 import os
 import pathlib
 import socket
@@ -43,6 +44,6 @@ def test_two_processes_train_a_few_steps(tmp_path):
     # gloo connected the two ranks: one job, not two independent runs
     assert "Rank 0 is connected to 1 peer ranks" in outputs[0] and "Rank 1 is connected to 1 peer ranks" in outputs[1]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 3 and all(v == v for v in records[-1].values() if isinstance(v, float))
+    assert records[-1]["step"] == 3 and all(math.isfinite(v) for v in records[-1].values() if isinstance(v, float))
     assert (workdir / "checkpoints").is_dir() and (workdir / "best").is_dir()
     assert "best checkpoint" in outputs[0]  # process 0 reports; both trained the same global batch
