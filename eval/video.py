@@ -256,6 +256,7 @@ class Evaluation:
         if args.mode == "transfer" and len(clips) < 2:
             raise UsageError("transfer mode needs at least two clips (the source image comes from another clip)")
         self.features = self.extractor()  # before any rendering: missing weights fail fast
+        self._references: dict[tuple[int, int], np.ndarray] = {}  # transfer mode, see reference_window
 
     # -- per clip ---------------------------------------------------------------------------------
     def source_of(self, i: int) -> np.ndarray:
@@ -402,14 +403,18 @@ class Evaluation:
         return rows
 
     def reference_window(self, i: int, b) -> np.ndarray:
-        """The reference frames of block ``b`` of clip ``i``: ground truth, or (transfer) FOMM's rendering."""
+        """The reference frames of block ``b`` of clip ``i``: ground truth, or (transfer) FOMM's
+        rendering, made once per block and reused by every model's row."""
         clip = self.clips[i]
         if self.args.mode == "reconstruction":
             return clip.frames[b.start : b.stop]
-        import jax
+        if (i, b.start) not in self._references:
+            import jax
 
-        window = clip.series[b.start : b.stop]
-        return self.pipeline(None).run(self.source_of(i), window, jax.random.key(0), 1, kp_initial=clip.series[0]).frames[0]
+            window = clip.series[b.start : b.stop]
+            out = self.pipeline(None).run(self.source_of(i), window, jax.random.key(0), 1, kp_initial=clip.series[0])
+            self._references[(i, b.start)] = out.frames[0]
+        return self._references[(i, b.start)]
 
     def diversity_models(self) -> list[str]:
         wanted = [w.strip() for w in self.args.diversity_models.split(",") if w.strip()]

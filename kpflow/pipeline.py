@@ -181,11 +181,9 @@ def forecast_series(predict: Predictor, series, schedule: Schedule, rng: jax.Arr
         raise ValueError(
             f"the predictor returned shape {pred.shape}; expected [S={num_samples}, B={len(blocks)}, M={m}, D={d}]"
         )
+    # Only forecast frames are written: transmitted ones stay what the receiver was sent.
     for i, b in enumerate(blocks):
         out[:, b.forecast.start : b.forecast.stop] = pred[:, i, : len(b.forecast)]
-    # Transmitted frames are never overwritten: they are what the receiver was sent.
-    mask = schedule.observed_mask(t)
-    out[:, mask] = series[mask]
     return out
 
 

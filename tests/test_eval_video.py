@@ -16,18 +16,16 @@ from eval import video as ev
 from kpflow import checkpoint
 from kpflow.data.config import load_splits
 from kpflow.data.synthetic_video import make_synthetic_videos
-from kpflow.fomm.model import build_networks, init_variables, save_model
+from kpflow.fomm.model import random_fomm, save_model
 
 N, M = 6, 6
 
 
 @pytest.fixture(scope="module")
 def fomm_dir(tmp_path_factory):
-    config = fomm_config("vox", "tiny")
-    nets = build_networks(config.model)
-    init = jax.jit(lambda key: init_variables(nets, key, tuple(config.data.frame_shape), with_discriminator=False))
+    fomm = random_fomm(fomm_config("vox", "tiny"))
     path = tmp_path_factory.mktemp("fomm")
-    save_model(str(path), config, init(jax.random.key(0, impl="unsafe_rbg")), {"note": "random init for tests"})
+    save_model(str(path), fomm.config, fomm.variables, {"note": "random init for tests"})
     return path
 
 

@@ -149,7 +149,6 @@ def test_rendering_samples_in_one_batch_equals_one_by_one(fomm):
     source = rng.uniform(0, 1, (64, 64, 3)).astype(np.float32)
     kp_source = jax.tree.map(lambda x: x[0], fomm.detect(source[None]))
     series = np.stack([random_series(5, seed=s) for s in range(3)])  # [S=3, T=5, D]
-    kp = Keypoints.from_vector(series)
     shared = np.array([True, False, False, True, False])
     series[:, shared] = series[0, shared]
     kp = Keypoints.from_vector(series)
