@@ -13,7 +13,10 @@ frames). The codec's models are fitted on the clips of ``--fit_dir`` (default: t
   values, and the *ideal* order-0 entropy of those symbols (per dimension, measured on the scored
   clips themselves; no headers, no packets) for each ``--steps`` value;
 - ``kpflow_every_frame`` and ``kpflow_threshold``: real packets from ``kpflow.codec`` (headers
-  included), every frame or with the keyframe policy at each ``--thresholds`` value.
+  included), every frame or with the keyframe policy at each ``--thresholds`` value, residuals in
+  the ``--basis`` with a ``--deadzone``. Their models are fitted on the fitting clips only, then
+  refitted to what the policy sends there (``CodecParams.fit_to_policy``); each point also says
+  where the bits go (``header_kbps``, ``packets_per_second``, ``intra_packets``).
 
 ``FILE.png`` beside the JSON draws the curves (kbps against MAE) with the papers' points.
 """
@@ -39,10 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSON (a list of points); FILE.png is drawn beside it")
     p.add_argument("--fit_dir", default="", help="clips to fit the codec's models on (default: part of --data_dir)")
     p.add_argument("--fit_fraction", type=float, default=0.5, help="share of --data_dir clips used for fitting (default 0.5)")
-    p.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.045, 0.06, 0.08, 0.1],
+    p.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.04, 0.05, 0.06, 0.08, 0.1],
                    help="quantisation steps in raw keypoint units")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.015, 0.02, 0.025, 0.03],
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.015, 0.02, 0.025, 0.03],
                    help="keyframe-policy thresholds (mean absolute drift, raw units)")
+    p.add_argument("--basis", default="pca", choices=["pca", "identity"],
+                   help="residuals coded in the principal directions of motion (pca) or per dimension")
+    p.add_argument("--deadzone", type=float, default=0.6, help="residual components up to this many steps are not sent")
     p.add_argument("--intra_period", type=int, default=60, help="every N-th packet is intra (loss recovery)")
     p.add_argument("--max_gap", type=int, default=60, help="send at least every N frames (<= 127)")
     a = p.parse_args(argv)
@@ -50,6 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--fit_fraction must be in (0, 1); got {a.fit_fraction}")
     if min(a.steps) <= 0 or min(a.thresholds) < 0:
         p.error("--steps must be > 0 and --thresholds >= 0")
+    if not 0 <= a.deadzone < 1.5:
+        p.error(f"--deadzone must be in [0, 1.5) steps; got {a.deadzone}")
     return a
 
 
@@ -91,15 +99,18 @@ def order0_point(series: list[np.ndarray], step: float) -> dict:
 def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> dict:
     from kpflow import codec
 
-    total, packets, errors = 0, 0, []
+    total, header, packets, intra, errors = 0, 0, 0, 0, []
     for s in series:
         out = codec.transmit(s, params, policy=policy, fps=FPS, **kwargs)
         total += out["bytes"]
+        header += out["header_bytes"]
         packets += out["packets"]
+        intra += out["intra_packets"]
         errors.append(np.abs(out["reconstruction"] - s).ravel())
-    frames = sum(len(s) for s in series)
-    return {"kbps": total * 8 / (frames / FPS) / 1000, "mae_raw": float(np.mean(np.concatenate(errors))),
-            "packets_per_frame": packets / frames, "bytes": total}
+    seconds = sum(len(s) for s in series) / FPS
+    return {"kbps": total * 8 / seconds / 1000, "mae_raw": float(np.mean(np.concatenate(errors))),
+            "header_kbps": header * 8 / seconds / 1000, "packets_per_second": packets / seconds,
+            "intra_packets": intra, "bytes": total}
 
 
 def plot(path: Path, points: list[dict]) -> None:
@@ -112,7 +123,13 @@ def plot(path: Path, points: list[dict]) -> None:
     curves = sorted({p["policy"] for p in points if not p["policy"].startswith("paper")})
     for name in curves:
         pts = sorted((p["mae_raw"], p["kbps"]) for p in points if p["policy"] == name)
-        ax.plot([m for m, _ in pts], [k for _, k in pts], "o-", ms=3, label=name)
+        # A sweep over two knobs: draw its lower envelope as the curve, every point as a dot.
+        front = [pt for i, pt in enumerate(pts) if all(pt[1] < k for _, k in pts[:i])]
+        line, = ax.plot([m for m, _ in front], [k for _, k in front], "-", label=name)
+        ax.plot([m for m, _ in pts], [k for _, k in pts], "o", ms=3, color=line.get_color(), alpha=0.6)
+    paper = [p for p in points if p["policy"] == "paper_fp32_half_forecast"]
+    if paper:
+        ax.axvline(paper[0]["mae_raw"], color="k", ls=":", lw=1)  # the MAE every scheme must match
     for p in points:
         if p["policy"].startswith("paper"):
             ax.plot(p["mae_raw"], p["kbps"], "k*", ms=9)
@@ -153,14 +170,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     for step in args.steps:
         points.append(order0_point(scored, step))
     for step, threshold in tqdm(jobs, desc="rate-distortion", unit="point"):
-        params = codec.CodecParams.fit(fit, step)
-        common = {"intra_period": args.intra_period, "max_gap": args.max_gap}
+        base = codec.CodecParams.fit(fit, step, basis=args.basis, deadzone=args.deadzone)
+        sender = {"intra_period": args.intra_period, "max_gap": args.max_gap}
         if threshold is None:
-            p = codec_point(scored, params, "every_frame", **common)
-            points.append({"policy": "kpflow_every_frame", "step": step, **p})
+            sender["policy"] = "every_frame"
         else:
-            p = codec_point(scored, params, "threshold", threshold=threshold, **common)
-            points.append({"policy": "kpflow_threshold", "step": step, "threshold": threshold, **p})
+            sender.update(policy="threshold", threshold=threshold)
+        params = base.fit_to_policy(fit, **sender)  # fitting clips only: the scored ones stay unseen
+        p = codec_point(scored, params, **sender)
+        setting = {"step": step, "basis": args.basis, "deadzone": args.deadzone}
+        if threshold is None:
+            points.append({"policy": "kpflow_every_frame", **setting, **p})
+        else:
+            points.append({"policy": "kpflow_threshold", **setting, "threshold": threshold, **p})
     return points
 
 
@@ -183,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         b = best_at(points, policy, paper["mae_raw"])
         line = "no point at that MAE" if b is None else (
             f"{b['kbps']:.2f} kbps at MAE {b['mae_raw']:.4f} (step {b['step']}"
-            + (f", threshold {b['threshold']}" if "threshold" in b else "") + ")")
+            + (f", threshold {b['threshold']}" if "threshold" in b else "")
+            + (f"; headers {b['header_kbps']:.2f} kbps, {b['packets_per_second']:.1f} packets/s" if "header_kbps" in b else "")
+            + ")")
         print(f"  {policy:<20} {line}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

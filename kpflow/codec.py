@@ -1,38 +1,48 @@
-"""Keypoint packets on the wire: quantisation, prediction, entropy coding, a keyframe policy.
+"""Keypoint packets on the wire: prediction, a decorrelating basis, quantisation, arithmetic coding.
 
-A :class:`Sender` and a :class:`Receiver` exchange real ``bytes`` packets, one per transmitted frame.
-Both run the same deterministic predictor on the keypoints the receiver has reconstructed, so the
-sender always knows what the receiver will show if it sends nothing:
+A :class:`Sender` and a :class:`Receiver` exchange real ``bytes`` packets. Both run the same
+deterministic predictor (any forecaster with the :data:`FramePredictor` interface; ``hold_last`` by
+default) on the keypoints the receiver has reconstructed, so the sender always knows what the
+receiver will show if it sends nothing:
 
-- **predicted packets** carry the quantised difference between the frame and that prediction;
+- **predicted packets** carry the prediction residual, rotated into a fixed orthonormal basis (the
+  principal directions of frame-to-frame motion on the fitting clips: keypoints move together, so a
+  few directions hold most of it) and quantised there with a dead zone: components the receiver
+  can do without are not sent at all;
 - **intra packets** carry the quantised frame itself (relative to a fixed centre), so a receiver
   that lost packets resynchronises; the sender makes every ``intra_period``-th packet intra;
 - the **policy** decides when to send: ``threshold`` sends only when the prediction would drift
-  beyond ``threshold`` (mean absolute error, raw units) and at least every ``max_gap`` frames;
-  ``schedule`` is the papers' fixed N-sent / M-forecast pattern.
+  beyond ``threshold`` (mean absolute error, raw units) and at least every ``max_gap`` frames, and
+  skips a frame whose residual quantises to nothing; ``schedule`` is the papers' fixed
+  N-sent / M-forecast pattern; ``every_frame`` sends every frame.
 
-Packet layout (every byte counts toward the bitrate): 2 header bytes, then the payload.
-- byte 0: sequence number mod 256 (a gap tells the receiver that packets were lost);
-- byte 1: bit 7 = intra, bits 0-6 = frame index mod 128 (``max_gap`` <= 127 keeps it unambiguous);
-- payload: the D integer symbols, range-coded (``constriction``): residuals with one fitted
-  histogram per dimension, intra frames with a quantised Laplace model; these models are codec
+Packet layout (every byte counts toward the bitrate): 1 header byte, then the payload.
+- header: bit 7 = intra, bits 0-6 = sequence number mod 128 (a gap tells the receiver that packets
+  were lost). The stream is frame-clocked: the receiver steps once per frame with the packet that
+  arrived for it, so no frame index travels.
+- payload: the D integer symbols, arithmetic-coded into whole bytes (:mod:`kpflow.arithmetic_coding`,
+  often 0-4 bytes): residual components with one fitted histogram each, intra frames with a
+  quantised Laplace model per dimension; these models, the basis and the centre are codec
   parameters shared once, like a codebook. A residual too large for its histogram goes intra.
 
 A receiver that detects a lost packet ignores predicted packets until the next intra one and keeps
-forecasting in the meantime; it never stops producing frames.
+forecasting in the meantime; it never stops producing frames, whatever bytes arrive.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-HEADER_BYTES = 2
+from kpflow import arithmetic_coding
+
+HEADER_BYTES = 1
+SEQ_MODULO = 128
 MAX_SYMBOL = 2**15 - 1
-MAX_GAP = 127
 POLICIES = ("threshold", "schedule", "every_frame")
+BASES = ("pca", "identity")
 
 # ``predict(history [t, D]) -> [D]``: the next frame from the receiver's reconstructed frames so far
 # (t >= 1). Must be deterministic: sender and receiver run it independently.
@@ -44,20 +54,17 @@ def hold_last(history: np.ndarray) -> np.ndarray:
     return history[-1]
 
 
-def _constriction():
-    try:
-        import constriction
-    except ImportError:  # pragma: no cover - a dependency; the message says how to fix it
-        raise ImportError("kpflow.codec needs the 'constriction' package: pip install -e . (or pip install constriction)") from None
-    return constriction
-
-
 # -- quantisation and entropy coding ---------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Quantizer:
-    """Uniform per-dimension quantiser: ``symbol = round(x / step)``; reconstruction error <= step / 2."""
+    """Uniform per-dimension quantiser with an optional dead zone.
+
+    ``symbol = round(x / step)``, but 0 wherever ``|x| <= deadzone * step``; reconstruction error is
+    at most ``max(deadzone, 1/2) * step``. A dead zone above 1/2 trades a little error for many more
+    zero symbols, which are nearly free.
+    """
 
     step: np.ndarray  # [D] > 0, raw keypoint units
 
@@ -75,24 +82,27 @@ class Quantizer:
     def dim(self) -> int:
         return self.step.shape[0]
 
-    def symbols(self, x: np.ndarray) -> np.ndarray:
-        q = np.round(np.asarray(x, np.float64) / self.step)
+    def symbols(self, x: np.ndarray, deadzone: float = 0.5) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        q = np.where(np.abs(x) > deadzone * self.step, np.round(x / self.step), 0.0)
         if np.any(np.abs(q) > MAX_SYMBOL):
             raise ValueError(f"a value needs more than {MAX_SYMBOL} quantisation steps; use a coarser step or an intra packet")
         return q.astype(np.int32)
 
     def values(self, symbols: np.ndarray) -> np.ndarray:
-        return (np.asarray(symbols, np.float64) * self.step).astype(np.float32)
+        return np.asarray(symbols, np.float64) * self.step
 
 
 @dataclasses.dataclass(frozen=True)
 class LaplaceCoder:
-    """Range coding of ``[D]`` integer symbols with a zero-mean quantised Laplace model per dimension."""
+    """Arithmetic coding of ``[D]`` integer symbols with a zero-mean quantised Laplace model per dimension."""
 
     scale: np.ndarray  # [D] Laplace scales, in symbols
 
     def __post_init__(self):
-        object.__setattr__(self, "scale", np.maximum(np.asarray(self.scale, np.float64), 0.05))
+        scale = np.maximum(np.asarray(self.scale, np.float64), 0.05)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "_models", tuple(arithmetic_coding.LaplaceModel(float(s), MAX_SYMBOL) for s in scale))
 
     @classmethod
     def fit(cls, symbols: np.ndarray) -> LaplaceCoder:
@@ -100,29 +110,27 @@ class LaplaceCoder:
         return cls(np.mean(np.abs(np.asarray(symbols, np.float64)), axis=0))
 
     def encode(self, symbols: np.ndarray) -> bytes:
-        c = _constriction()
-        model = c.stream.model.QuantizedLaplace(-MAX_SYMBOL, MAX_SYMBOL)
-        encoder = c.stream.queue.RangeEncoder()
-        encoder.encode(np.asarray(symbols, np.int32), model, np.zeros(len(self.scale)), self.scale)
-        return encoder.get_compressed().tobytes()
+        return arithmetic_coding.encode(np.asarray(symbols).tolist(), self._models)
 
     def decode(self, payload: bytes) -> np.ndarray:
-        c = _constriction()
-        model = c.stream.model.QuantizedLaplace(-MAX_SYMBOL, MAX_SYMBOL)
-        decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, np.uint32).copy())
-        return np.asarray(decoder.decode(model, np.zeros(len(self.scale)), self.scale), np.int32)
+        return np.asarray(arithmetic_coding.decode(payload, self._models), np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class CategoricalCoder:
-    """Range coding of ``[D]`` symbols in ``[-radius, radius]`` with one fitted histogram per dimension.
+    """Arithmetic coding of ``[D]`` symbols in ``[-radius, radius]`` with one fitted histogram per dimension.
 
-    Closer to an ideal order-0 coder than a parametric model: prediction residuals are mostly 0 with
+    Closer to an ideal order-0 coder than a parametric model: quantised residuals are mostly 0 with
     heavy, dimension-dependent tails. Symbols outside the radius cannot be coded (:meth:`fits`); the
     sender then sends an intra packet instead.
     """
 
     probabilities: np.ndarray  # [D, 2 radius + 1], rows sum to 1
+
+    def __post_init__(self):
+        r = self.radius
+        models = tuple(arithmetic_coding.TableModel.from_probabilities(p, -r) for p in np.asarray(self.probabilities))
+        object.__setattr__(self, "_models", models)
 
     @property
     def radius(self) -> int:
@@ -142,50 +150,88 @@ class CategoricalCoder:
         return bool(np.all(np.abs(symbols) <= self.radius))
 
     def encode(self, symbols: np.ndarray) -> bytes:
-        c = _constriction()
-        encoder = c.stream.queue.RangeEncoder()
-        model = c.stream.model.Categorical(perfect=False)
-        encoder.encode(np.asarray(symbols, np.int32) + self.radius, model, self.probabilities)
-        return encoder.get_compressed().tobytes()
+        return arithmetic_coding.encode(np.asarray(symbols).tolist(), self._models)
 
     def decode(self, payload: bytes) -> np.ndarray:
-        c = _constriction()
-        decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, np.uint32).copy())
-        model = c.stream.model.Categorical(perfect=False)
-        return np.asarray(decoder.decode(model, self.probabilities), np.int32) - self.radius
+        return np.asarray(arithmetic_coding.decode(payload, self._models), np.int32)
+
+
+def motion_basis(series: Sequence[np.ndarray], predict: FramePredictor = hold_last) -> np.ndarray:
+    """Orthonormal ``[D, D]`` basis, columns = principal directions of prediction residuals, largest first."""
+    residuals = np.stack([s[t] - predict(s[:t]) for s in series for t in range(1, len(s))]).astype(np.float64)
+    eigenvalues, vectors = np.linalg.eigh(residuals.T @ residuals / len(residuals))
+    vectors = vectors[:, np.argsort(eigenvalues)[::-1]]
+    # eigh's signs are arbitrary; fix them so the same data always gives the same basis.
+    return vectors * np.where(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(len(vectors))] < 0, -1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class CodecParams:
-    """Shared once between sender and receiver (not per frame): quantiser, models and intra centre."""
+    """Shared once between sender and receiver (not per frame): quantiser, basis, models and intra centre."""
 
     quantizer: Quantizer
-    predicted: CategoricalCoder  # residuals against the prediction
-    intra: LaplaceCoder  # frames against ``centre``
+    predicted: CategoricalCoder  # residual components (in ``basis``) against the prediction
+    intra: LaplaceCoder  # frames against ``centre``, per dimension
     centre: np.ndarray  # [D]
+    basis: np.ndarray  # [D, D] orthonormal columns
+    deadzone: float = 0.5  # of predicted residual components, in steps
 
     @classmethod
-    def fit(cls, series: list[np.ndarray], step: float | np.ndarray, predict: FramePredictor = hold_last) -> CodecParams:
-        """Fit the entropy models on training clips ``[T, D]`` (residuals of ``predict`` on true history)."""
+    def fit(cls, series: list[np.ndarray], step: float | np.ndarray, predict: FramePredictor = hold_last, *,
+            basis: str = "pca", deadzone: float = 0.5) -> CodecParams:
+        """Fit basis and entropy models on training clips ``[T, D]`` (residuals of ``predict`` on true history).
+
+        The residual histograms fitted here are those of sending every frame; :meth:`fit_to_policy`
+        refits them to what a sparse policy actually sends.
+        """
         if not series:
             raise ValueError("CodecParams.fit needs at least one training clip")
+        if basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
+        if not 0 <= deadzone < 1.5:
+            raise ValueError(f"deadzone must be in [0, 1.5) steps; got {deadzone}")
+        series = [np.asarray(s, np.float64) for s in series]
         dim = series[0].shape[1]
         q = Quantizer(np.broadcast_to(np.asarray(step, np.float64), (dim,)).copy())
         centre = np.median(np.concatenate(series), axis=0).astype(np.float32)
-        residuals = [s[t] - predict(s[:t]) for s in series for t in range(1, len(s))]
+        rotation = motion_basis(series, predict) if basis == "pca" else np.eye(dim)
+        residuals = np.stack([s[t] - predict(s[:t]) for s in series for t in range(1, len(s))])
         return cls(
             quantizer=q,
-            predicted=CategoricalCoder.fit(q.symbols(np.stack(residuals))),
+            predicted=CategoricalCoder.fit(q.symbols(residuals @ rotation, deadzone)),
             intra=LaplaceCoder.fit(q.symbols(np.concatenate(series) - centre)),
             centre=centre,
+            basis=rotation,
+            deadzone=float(deadzone),
         )
+
+    def fit_to_policy(self, series: list[np.ndarray], predict: FramePredictor = hold_last, **sender_kwargs) -> CodecParams:
+        """Refit the residual histograms to the predicted packets a Sender with ``sender_kwargs`` sends for ``series``."""
+        sent = []
+        for s in series:
+            sender = Sender(self, predict, **sender_kwargs)
+            for x in np.asarray(s, np.float32):
+                sender.step(x)
+                if sender.last_symbols is not None:
+                    sent.append(sender.last_symbols)
+        if not sent:
+            return self
+        return dataclasses.replace(self, predicted=CategoricalCoder.fit(np.stack(sent), self.predicted.radius))
+
+    def residual_symbols(self, residual: np.ndarray) -> np.ndarray:
+        """``residual [D]`` (raw units) -> its quantised components in the basis ``[D]``."""
+        return self.quantizer.symbols(np.asarray(residual, np.float64) @ self.basis, self.deadzone)
+
+    def residual_values(self, symbols: np.ndarray) -> np.ndarray:
+        """Quantised basis components ``[D]`` -> the residual they stand for, raw units ``[D]``."""
+        return self.basis @ self.quantizer.values(symbols)
 
 
 # -- sender and receiver ---------------------------------------------------------------------------
 
 
-def _header(seq: int, intra: bool, frame: int) -> bytes:
-    return bytes([seq % 256, (0x80 if intra else 0) | (frame % 128)])
+def _header(seq: int, intra: bool) -> bytes:
+    return bytes([(0x80 if intra else 0) | (seq % SEQ_MODULO)])
 
 
 class Receiver:
@@ -210,18 +256,17 @@ class Receiver:
         frame = self.prediction()
         if packet is not None:
             if len(packet) < HEADER_BYTES:
-                raise ValueError(f"a packet has at least {HEADER_BYTES} header bytes; got {len(packet)}")
-            seq, flags = packet[0], packet[1]
-            intra = bool(flags & 0x80)
+                raise ValueError(f"a packet has at least {HEADER_BYTES} header byte; got {len(packet)}")
+            intra, seq = bool(packet[0] & 0x80), packet[0] & 0x7F
             if self.expected_seq is not None and seq != self.expected_seq:
                 self.synced = False  # packets were lost: predicted packets no longer apply
-            self.expected_seq = (seq + 1) % 256
-            symbols = (p.intra if intra else p.predicted).decode(packet[HEADER_BYTES:])
+            self.expected_seq = (seq + 1) % SEQ_MODULO
+            payload = packet[HEADER_BYTES:]
             if intra:
-                frame = p.centre + p.quantizer.values(symbols)
+                frame = p.centre + p.quantizer.values(p.intra.decode(payload))
                 self.synced = True
             elif self.synced:
-                frame = frame + p.quantizer.values(symbols)
+                frame = frame + p.residual_values(p.predicted.decode(payload))
         self.history.append(np.asarray(frame, np.float32))
         return self.history[-1]
 
@@ -234,8 +279,8 @@ class Sender:
                  max_gap: int = 30):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
-        if not 1 <= max_gap <= MAX_GAP:
-            raise ValueError(f"max_gap must be in [1, {MAX_GAP}] (the header holds the frame index mod 128); got {max_gap}")
+        if max_gap < 1:
+            raise ValueError(f"max_gap must be >= 1 frame; got {max_gap}")
         if intra_period < 1:
             raise ValueError(f"intra_period must be >= 1; got {intra_period}")
         self.params = params
@@ -248,27 +293,32 @@ class Sender:
         self.seq = 0
         self.frame = 0
         self.last_sent = -1
+        self.last_symbols: np.ndarray | None = None  # residual symbols of the last frame's predicted packet
 
-    def _should_send(self, x: np.ndarray, prediction: np.ndarray) -> bool:
+    def _must_send(self) -> bool:
+        """Sent whatever the frame holds: the first frame, every frame, the schedule's, a keep-alive."""
         if self.frame == 0 or self.policy == "every_frame":
             return True
         if self.policy == "schedule":
             return self.frame % (self.num_observed + self.horizon) < self.num_observed
-        if self.frame - self.last_sent >= self.max_gap:
-            return True
-        return float(np.mean(np.abs(x - prediction))) > self.threshold
+        return self.frame - self.last_sent >= self.max_gap
 
     def step(self, x: np.ndarray) -> bytes | None:
         """The packet for frame ``x [D]`` (raw keypoints), or None when nothing is sent."""
         p = self.params
         x = np.asarray(x, np.float32)
         prediction = self.mirror.prediction()
-        packet = None
-        if self._should_send(x, prediction):
-            intra = self.seq % self.intra_period == 0 or not p.predicted.fits(p.quantizer.symbols(x - prediction))
-            residual = x - (p.centre if intra else prediction)
-            coder = p.intra if intra else p.predicted
-            packet = _header(self.seq, intra, self.frame) + coder.encode(p.quantizer.symbols(residual))
+        must = self._must_send()
+        packet, self.last_symbols = None, None
+        if must or (self.policy == "threshold" and float(np.mean(np.abs(x - prediction))) > self.threshold):
+            symbols = p.residual_symbols(x - prediction)
+            intra = self.seq % self.intra_period == 0 or not p.predicted.fits(symbols)
+            if intra:
+                packet = _header(self.seq, True) + p.intra.encode(p.quantizer.symbols(x - p.centre))
+            elif must or np.any(symbols):  # a residual that quantises to nothing is not worth a packet
+                packet = _header(self.seq, False) + p.predicted.encode(symbols)
+                self.last_symbols = symbols
+        if packet is not None:
             self.seq += 1
             self.last_sent = self.frame
         self.mirror.step(packet)
@@ -280,20 +330,22 @@ def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = 
              loss: np.ndarray | None = None, **sender_kwargs) -> dict:
     """Send ``series [T, D]`` through a Sender and a Receiver; ``loss [T]`` (bool) drops packets.
 
-    Returns ``{"reconstruction" [T, D], "bytes", "packets", "kbps", "mae_raw"}``: ``bytes`` counts
-    every byte of every packet sent (headers included, lost ones too); ``kbps`` at ``fps``.
+    Returns ``{"reconstruction" [T, D], "bytes", "header_bytes", "packets", "intra_packets", "kbps",
+    "mae_raw"}``: ``bytes`` counts every byte of every packet sent (headers included, lost ones too);
+    ``kbps`` at ``fps``.
     """
     series = np.asarray(series, np.float32)
     if series.ndim != 2 or series.shape[1] != params.quantizer.dim:
         raise ValueError(f"series must be [T, {params.quantizer.dim}]; got {series.shape}")
     sender = Sender(params, predict, **sender_kwargs)
     receiver = Receiver(params, predict)
-    total, packets, out = 0, 0, []
+    total, packets, intra, out = 0, 0, 0, []
     for t, x in enumerate(series):
         packet = sender.step(x)
         if packet is not None:
             total += len(packet)
             packets += 1
+            intra += bool(packet[0] & 0x80)
             if loss is not None and loss[t]:
                 packet = None
         out.append(receiver.step(packet))
@@ -302,7 +354,9 @@ def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = 
     return {
         "reconstruction": rec,
         "bytes": total,
+        "header_bytes": packets * HEADER_BYTES,
         "packets": packets,
+        "intra_packets": intra,
         "kbps": total * 8 / seconds / 1000.0,
         "mae_raw": float(np.mean(np.abs(rec - series))),
     }
