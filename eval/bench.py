@@ -146,7 +146,8 @@ def _add_forecast(sub) -> None:
     )
     p.add_argument("--dim", type=int, default=60, help="numbers per frame, 6K (default 60)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip_loop", action="store_true", help="time only the vmap-ed call")
+    p.add_argument("--skip_loop", action="store_true", help="skip the Python loop over samples")
+    p.add_argument("--skip_eager", action="store_true", help="skip the un-jitted (op-by-op) call")
     p.set_defaults(run=bench_forecast)
 
 
@@ -223,6 +224,15 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
 
         result["python_loop"] = _ms_stats(time_calls(loop, args.repeats))
         result["loop_over_vmap"] = result["python_loop"]["median_ms"] / result["vmap_jit"]["median_ms"]
+    if not args.skip_eager:
+        # The same vmap-ed sampling without jit: every operation dispatched on its own (lax.scan
+        # runs as a Python loop under disable_jit). Few repeats: it is slow by design.
+        def eager():
+            with jax.disable_jit():
+                jax.block_until_ready(forecaster.sample(variables, context, m, sample_rng, s))
+
+        result["vmap_eager"] = _ms_stats(time_calls(eager, min(args.repeats, 3)))
+        result["eager_over_jit"] = result["vmap_eager"]["median_ms"] / result["vmap_jit"]["median_ms"]
 
     comparable = (s, n, m) == (REFERENCE["samples"], REFERENCE["num_observed"], REFERENCE["horizon"])
     result["reference"] = dict(REFERENCE, comparable=comparable)
@@ -256,6 +266,9 @@ def format_forecast(r: dict[str, Any]) -> str:
     if "python_loop" in r:
         lines.append(f"  Python loop over samples:  {r['python_loop']['median_ms']:9.3f} ms"
                      f"   ({r['loop_over_vmap']:.1f}x the vmap-ed call)")
+    if "vmap_eager" in r:
+        lines.append(f"  vmap, not jitted (eager):  {r['vmap_eager']['median_ms']:9.3f} ms"
+                     f"   ({r['eager_over_jit']:.1f}x the jitted call)")
     ref = r["reference"]
     if ref["comparable"]:
         lines.append(f"  authors' PyTorch (loop):   {ref['ms']:9.3f} ms on a {ref['device']}"
@@ -535,8 +548,314 @@ def format_pipeline(r: dict[str, Any]) -> str:
         f"  memory: one rendering chunk compiles to {gib(r['chunk_compiled_bytes'])}; device peak {gib(r['device_peak_bytes'])}",
     ])
 
+# -- the paper's real-time protocol ----------------------------------------------------------------
+# What the paper's streaming numbers assume (DESIGN.md): FP32 keypoints, D x 32 bits per sent frame,
+# 30 fps, savings quoted against 500 kbps for 256x256 video; FOMM+VRNN 36.69 fps on an RTX 3090.
+REALTIME_REFERENCE = {
+    "what": "paper: FOMM+VRNN end to end, 256x256, batch 1, FP32",
+    "fps": 36.69,
+    "device": "RTX 3090",
+    "reference_kbps": 500.0,
+    "fps_target_factor": 10.0,
+    "utilisation": 0.6,
+}
 
-FORMATTERS = {"forecast": format_forecast, "fomm": format_fomm, "pipeline": format_pipeline}
+
+RENDER_MODES = ("frame", "forecast_block", "block")
+
+
+def _add_realtime(sub) -> None:
+    p = sub.add_parser(
+        "realtime",
+        help="the paper's streaming protocol: per-stage wall clock, fps, FLOPs, TOPS, bitrate; fp32 vs bf16",
+        description=bench_realtime.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="vox", help="FOMM config dataset (default vox)")
+    p.add_argument("--config_variant", default="", choices=("", "tiny"),
+                   help="'' for the official FOMM config (default), 'tiny' for a quick run")
+    p.add_argument("--frame_size", type=int, default=256, help="frame height and width (default 256)")
+    p.add_argument("--model", default="vrnn", help="forecaster (default vrnn, the authors' sizes)")
+    p.add_argument("--tiny", action="store_true", help="tiny forecaster sizes")
+    p.add_argument("--horizon", default="6-6", help="N-M block (default 6-6, the paper's)")
+    p.add_argument("--frames", type=int, default=36, help="clip length (default 36, the paper's)")
+    p.add_argument("--render", default="frame", choices=RENDER_MODES,
+                   help="generator calls: 'frame' (default, the paper's: one frame per call), "
+                        "'forecast_block' (transmitted frames one by one as they arrive, each block's M "
+                        "forecast frames in one call once forecast), 'block' (also the N transmitted "
+                        "frames in one call, a block's latency later)")
+    p.add_argument("--dtypes", default="",
+                   help="comma-separated compute dtypes of FOMM, e.g. float32,bfloat16 (default: float32 "
+                        "on CPU, float32,bfloat16 on GPU/TPU)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of the whole clip; medians reported")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=bench_realtime)
+
+
+def _flops(computation) -> float | None:
+    """XLA's FLOP count of a lowered or compiled computation (None where the backend gives none)."""
+    try:
+        cost = computation.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def realtime_budget(flops: dict[str, float | None], schedule, fps: float = 30.0,
+                    utilisation: float = REALTIME_REFERENCE["utilisation"]) -> dict[str, Any]:
+    """FLOPs per second of video and the accelerator TOPS it needs (the paper's formula).
+
+    Per second of video at ``fps``: the sender's detector runs on the transmitted frames only (a duty
+    cycle of N / (N + M), 1/2 for 6-6: every second frame on average), the forecaster once per block,
+    the generator on every frame. Required TOPS = operations per second / utilisation / 1e12 with
+    the paper's 60 % utilisation; XLA counts a multiply-add as 2 operations.
+    """
+    n, period = schedule.num_observed, schedule.period
+    calls = {"extraction": fps * n / period, "forecasting": fps / period, "generation": fps}
+    per_second = {k: (flops[k] or 0.0) * calls[k] for k in calls}
+    total = sum(per_second.values())
+    return {
+        "calls_per_second": calls,
+        "duty_cycle_extraction": n / period,
+        "gflop_per_call": {k: None if flops[k] is None else flops[k] / 1e9 for k in flops},
+        "gflop_per_second": {k: v / 1e9 for k, v in per_second.items()},
+        "total_gflop_per_second": total / 1e9,
+        "utilisation": utilisation,
+        "required_tops": total / utilisation / 1e12,
+    }
+
+
+def paper_bitrate(dim: int, schedule, fps: float = 30.0, bits: int = 32) -> dict[str, float]:
+    """The paper's rate: D numbers x ``bits`` per transmitted frame, N of every N + M frames sent."""
+    full = dim * bits * fps / 1e3
+    sent = full * schedule.num_observed / schedule.period
+    return {"kbps_every_frame": full, "kbps": sent,
+            "saving_vs_reference": REALTIME_REFERENCE["reference_kbps"] / sent}
+
+
+def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The paper's real-time protocol: one clip streamed in N + M blocks, batch 1, stage by stage.
+
+    A 36-frame clip (synthetic talking-blob video, on the device) is streamed in blocks of 6
+    transmitted + 6 forecast frames (reconstruction mode: the source is the first frame). Per block
+    the sender's detector runs on each transmitted frame as it arrives (batch 1), the receiver
+    renders it, then draws one future of the M frames from those N (one call) and renders them:
+    ``--render frame`` one frame per generator call (the paper's batch 1), ``forecast_block`` the M
+    forecast frames in one call (they are all known at once), ``block`` also the N transmitted
+    frames in one call (a block's latency later). Every step is one jitted call, compiled
+    beforehand (a full warm-up run), blocking on its result before the clock is read; each stage's
+    wall clock is summed over the clip, medians of ``--repeats`` runs, scaled to 30 frames. Frames
+    per second = clip frames / total wall clock of a run (stages plus the little Python between).
+
+    Also: XLA's FLOP count of each step (unoptimised HLO) and the paper's TOPS formula (see
+    ``realtime_budget``), the paper's bitrate (FP32 keypoints) with its saving against 500 kbps,
+    and for each extra dtype (bfloat16 on GPU/TPU) the same timings plus its quality cost: mean
+    absolute difference from the float32 run of the keypoints and of the frames (pixels in [0, 1]).
+    Weights are random (timing does not depend on them); the FOMM is the official config.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from configs.fomm_common import fomm_config
+    from kpflow import forecast, pipeline
+    from kpflow.data.synthetic_video import _identity_style, render_clip
+    from kpflow.fomm.model import FOMM, random_fomm
+    from kpflow.keypoints import Keypoints
+
+    try:
+        schedule = pipeline.Schedule.parse(args.horizon)
+    except ValueError as e:
+        raise SystemExit(f"eval.bench realtime: {e}") from None
+    if args.repeats < 1 or args.frame_size < 8 or args.frames < schedule.period:
+        raise SystemExit(f"eval.bench realtime: --repeats >= 1, --frame_size >= 8 and "
+                         f"--frames >= N + M = {schedule.period}")
+    backend = jax.default_backend()
+    dtypes = [d for d in (args.dtypes or ("float32" if backend == "cpu" else "float32,bfloat16")).split(",") if d]
+    unknown = sorted(set(dtypes) - {"float32", "bfloat16"})
+    if unknown or not dtypes or dtypes[0] != "float32":
+        raise SystemExit(f"eval.bench realtime: --dtypes must start with float32 and name float32 / bfloat16; got {args.dtypes!r}")
+
+    config = fomm_config(args.dataset, args.config_variant)
+    config.data.frame_shape = (args.frame_size, args.frame_size, 3)
+    base = random_fomm(config, args.seed)
+    dim = 6 * base.num_kp
+    sizes = (TINY_SIZES if args.tiny else AUTHORS_SIZES).get(args.model, {})
+    f = forecast.create(args.model, dim=dim, num_observed=schedule.num_observed, horizon=schedule.horizon, **sizes)
+    style = _identity_style(args.seed, 0, args.frame_size)
+    video = render_clip(style, np.random.default_rng(args.seed), args.frames, args.frame_size)
+    video = jnp.asarray(video.astype(np.float32) / 255.0)  # [T, S, S, 3], on the device
+    variables = jax.jit(f.init)(jax.random.key(args.seed), jnp.zeros((1, schedule.period, dim)))
+    sample = jax.jit(lambda ctx, rng: f.sample(variables, ctx, schedule.horizon, rng, 1)[0])  # [1, M, D]
+    blocks = schedule.blocks(args.frames)
+    render = args.render
+
+    def stages(fomm: FOMM):
+        """One jitted call per step of the stream, so that timings hold no eager glue."""
+        nets = fomm.networks
+
+        @jax.jit
+        def detect(v, video, t):  # the frame at index t -> its keypoint vector [D]
+            frame = jax.lax.dynamic_slice_in_dim(video, t, 1)
+            return nets.kp_detector.apply(v, frame).to_vector()[0]
+
+        @jax.jit
+        def forecast(sent, rng, block):  # N vectors [D] -> M forecast vectors [M, D]
+            key = jax.random.fold_in(rng, block)
+            return f.sample(variables, jnp.stack(sent)[None], schedule.horizon, key, 1)[0, 0]
+
+        @jax.jit
+        def generate(v, source, kp_source, vectors):  # [n, D] driving vectors -> [n, S, S, 3]
+            n = vectors.shape[0]
+            kp_d = Keypoints.from_vector(vectors.astype(jnp.float32))
+            kp_s = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), kp_source)
+            src = jnp.broadcast_to(source, (n, *source.shape[1:]))
+            return nets.generator.apply(v, src, kp_s, kp_d)["prediction"]
+
+        return detect, forecast, generate
+
+    def stream(fomm: FOMM, fns, timed: dict[str, float] | None):
+        """One pass over the clip; adds each stage's seconds to ``timed``; returns frames and keypoints."""
+        det_vars, gen_vars = fomm.variables["kp_detector"], fomm.variables["generator"]
+        detect, forecast_fn, generate = fns
+
+        def clock(stage, fn):
+            start = time.perf_counter()
+            out = jax.block_until_ready(fn())
+            if timed is not None:
+                timed[stage] += time.perf_counter() - start
+            return out
+
+        source = video[:1]
+        kp_source = clock("extraction", lambda: fomm._detect(det_vars, source))
+        frames, kps = [], []
+        rng = jax.random.key(args.seed + 1)
+        for i, block in enumerate(blocks):
+            sent = []
+            for t in block.observed:  # frames arrive one by one: detect, send, render on arrival
+                sent.append(clock("extraction", lambda t=t: detect(det_vars, video, t)))
+                if render != "block":
+                    frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, sent[-1][None])))
+            if render == "block":
+                frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, jnp.stack(sent))))
+            kps.extend(sent)
+            if len(block.forecast):
+                future = clock("forecasting", lambda: forecast_fn(tuple(sent), rng, i))[: len(block.forecast)]
+                kps.extend(future)
+                if render == "frame":
+                    for j in range(len(block.forecast)):
+                        frames.append(clock("generation", lambda j=j: generate(gen_vars, source, kp_source, future[j : j + 1])))
+                else:  # the forecast frames are all known now: one call renders them
+                    frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, future)))
+        return jnp.concatenate(frames), jnp.stack(kps)
+
+    def lowered_flops(fomm: FOMM, fns) -> dict[str, float | None]:
+        # The unoptimised HLO's count: on GPUs the compiled module's convolutions are library calls
+        # that XLA's cost analysis does not count.
+        detect, forecast_fn, generate = fns
+        det_vars, gen_vars = fomm.variables["kp_detector"], fomm.variables["generator"]
+        vec = detect(det_vars, video, 0)
+        kp = fomm._detect(det_vars, video[:1])
+        count = lambda lowered: _flops(lowered)
+        return {
+            "extraction": count(detect.lower(det_vars, video, 0)),
+            "forecasting": count(forecast_fn.lower((vec,) * schedule.num_observed, jax.random.key(0), 0)),
+            "generation": count(generate.lower(gen_vars, video[:1], kp, vec[None])),
+        }
+
+    per_dtype: dict[str, Any] = {}
+    reference_out = None
+    for name in dtypes:
+        fomm = base if name == "float32" else FOMM(config, base.variables, dtype=getattr(jnp, name))
+        fns = stages(fomm)
+        out = stream(fomm, fns, None)  # compile every shape, warm caches
+        runs = []
+        for _ in range(args.repeats):
+            timed = {"extraction": 0.0, "forecasting": 0.0, "generation": 0.0}
+            start = time.perf_counter()
+            out = stream(fomm, fns, timed)
+            timed["total"] = time.perf_counter() - start
+            runs.append(timed)
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        scale = 30.0 / args.frames
+        entry: dict[str, Any] = {
+            "seconds_per_clip": median,
+            "ms_per_30_frames": {k: v * scale * 1e3 for k, v in median.items()},
+            "fps": args.frames / median["total"],
+            "fps_stages_only": args.frames / sum(median[k] for k in ("extraction", "forecasting", "generation")),
+            "runs": runs,
+        }
+        flops = lowered_flops(fomm, fns)
+        entry["flops_per_call"] = flops
+        entry["budget"] = realtime_budget(flops, schedule)
+        entry["fps_over_reference"] = entry["fps"] / REALTIME_REFERENCE["fps"]
+        if reference_out is None:
+            reference_out = out
+        else:
+            entry["quality_vs_float32"] = {
+                "frame_mae": float(jnp.mean(jnp.abs(out[0].astype(jnp.float32) - reference_out[0]))),
+                "keypoint_mae": float(jnp.mean(jnp.abs(out[1].astype(jnp.float32) - reference_out[1]))),
+            }
+        per_dtype[name] = entry
+
+    fp32 = per_dtype["float32"]["fps"]
+    env = environment()
+    return {
+        "benchmark": "realtime",
+        "dataset": args.dataset,
+        "config_variant": args.config_variant or "official",
+        "frame_size": args.frame_size,
+        "model": args.model,
+        "forecaster_sizes": "tiny" if args.tiny else ("authors" if args.model in AUTHORS_SIZES else "defaults"),
+        "schedule": str(schedule),
+        "frames": args.frames,
+        "render": render,
+        "repeats": args.repeats,
+        "dtypes": per_dtype,
+        "bitrate": paper_bitrate(dim, schedule),
+        "reference": REALTIME_REFERENCE,
+        "comparable": args.config_variant == "" and args.frame_size == 256 and render == "frame" and not args.tiny,
+        "fps_over_reference": fp32 / REALTIME_REFERENCE["fps"],
+        "device_kind": env["device_kind"],
+        "environment": env,
+    }
+
+
+def format_realtime(r: dict[str, Any]) -> str:
+    env, ref, bit = r["environment"], r["reference"], r["bitrate"]
+    lines = [
+        (f"realtime: FOMM {r['dataset']} {r['config_variant']} at {r['frame_size']}x{r['frame_size']} + "
+         f"{r['model']} ({r['forecaster_sizes']} sizes), {r['frames']} frames in {r['schedule']} blocks, "
+         f"batch 1, rendering per {r['render'].replace('_', ' ')}, median of {r['repeats']}"),
+        f"  backend {env['backend']} ({env['device_kind']}), jax {env['jax']}",
+        f"  {'dtype':<9} {'extract':>9} {'forecast':>9} {'generate':>9} {'total':>9}  (ms per 30 frames) {'fps':>8}"
+        f"  {'TOPS@30fps':>10}  quality cost vs float32",
+    ]
+    for name, e in r["dtypes"].items():
+        ms = e["ms_per_30_frames"]
+        q = e.get("quality_vs_float32")
+        cost = "-" if q is None else f"frame MAE {q['frame_mae']:.2e}, keypoint MAE {q['keypoint_mae']:.2e}"
+        lines.append(f"  {name:<9} {ms['extraction']:9.1f} {ms['forecasting']:9.1f} {ms['generation']:9.1f} "
+                     f"{ms['total']:9.1f}  {'':18} {e['fps']:8.2f}  {e['budget']['required_tops']:10.2f}  {cost}")
+    b = r["dtypes"]["float32"]["budget"]
+    g = b["gflop_per_call"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
+    lines.append(f"  GFLOP per call (XLA): detector {fmt(g['extraction'])}, forecaster {fmt(g['forecasting'])} per block, "
+                 f"generator {fmt(g['generation'])} per frame (XLA, unoptimised HLO); detector duty cycle {b['duty_cycle_extraction']:.2f}, "
+                 f"{b['utilisation']:.0%} utilisation")
+    lines.append(f"  bitrate (FP32 keypoints, paper's scheme): {bit['kbps']:.1f} kbps "
+                 f"({bit['saving_vs_reference']:.1f}x below {ref['reference_kbps']:.0f} kbps; every frame sent: {bit['kbps_every_frame']:.1f})")
+    lines.append(f"  paper: {ref['fps']} fps on an {ref['device']}; float32 here: {r['fps_over_reference']:.2f}x that"
+                 + ("" if r["comparable"] else " (settings not comparable: the paper is the official config, 256x256, frame by frame)"))
+    return "\n".join(lines)
+
+
+FORMATTERS = {"forecast": format_forecast, "fomm": format_fomm, "pipeline": format_pipeline,
+              "realtime": format_realtime}
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -547,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_forecast(sub)
     _add_fomm(sub)
     _add_pipeline(sub)
+    _add_realtime(sub)
     # Every benchmark writes its result the same way.
     for p in sub.choices.values():
         p.add_argument("--out", default="", help="also write the result as JSON to this file")

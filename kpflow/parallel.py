@@ -164,6 +164,21 @@ def initialize_distributed() -> bool:
     return True
 
 
+def finish_distributed() -> None:
+    """Leave a multi-process job together: wait for every process, then shut the client down.
+
+    Without the barrier a process that finishes early (process 0 also writes plots and the summary)
+    sits in JAX's exit-time shutdown barrier while another is still working, and a slow peer can
+    make that barrier time out and abort the whole job at exit. A no-op in a single process.
+    """
+    if not jax.distributed.is_initialized():
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("kpflow: end of run")
+    jax.distributed.shutdown()
+
+
 def is_main_process() -> bool:
     """Process 0 writes the files that exist once per run (config, metrics, plots)."""
     return jax.process_index() == 0

@@ -25,20 +25,26 @@ def test_two_processes_train_a_few_steps(tmp_path):
     port = _free_port()
     cmd = [sys.executable, "-m", "train.forecaster", "--config", "configs/demo.py:vrnn", "--workdir", str(workdir),
            "--config.train.num_epochs=1", "--config.train.steps_per_epoch=3", "--config.train.batch_size=8"]
-    procs = []
+    procs, logs = [], []
     for i in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(i), XLA_FLAGS="")
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        # Output goes to files, not pipes: a process blocked on a full pipe that nobody reads yet
+        # never reaches the job's barriers, and its peer times out.
+        logs.append(open(tmp_path / f"process{i}.log", "w+"))
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs[i], stderr=subprocess.STDOUT, text=True))
+    try:
+        for p in procs:
+            p.wait(timeout=420)
+    except subprocess.TimeoutExpired:
+        for q in procs:
+            q.kill()
+        pytest.fail("the two-process run did not finish in 7 minutes")
     outputs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=420)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two-process run did not finish in 7 minutes")
-        outputs.append(out)
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i} failed:\n{out[-2000:]}"
     # gloo connected the two ranks: one job, not two independent runs

@@ -590,6 +590,7 @@ def main(argv: list[str]) -> None:
         train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, OSError, FloatingPointError, ImportError) as e:
         raise SystemExit(f"error: {one_line(e)}") from None
+    parallel.finish_distributed()
 
 
 def run() -> None:

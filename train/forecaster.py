@@ -547,6 +547,7 @@ def main(argv: list[str]) -> None:
             f"best checkpoint: {os.path.join(FLAGS.workdir, checkpoint.BEST_DIR)} (epoch {best['epoch']}, "
             f"step {best['step']}; val {exp.config.train.select_metric} {best['score']:.4f}) | {scores}"
         )
+    parallel.finish_distributed()
 
 
 def run() -> None:
