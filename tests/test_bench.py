@@ -103,3 +103,65 @@ def test_pipeline_benchmark_tiny():
     assert r["frames_rendered"] == 6 + 3 * 6
     assert r["seconds"]["median"] > 0 and r["frames_per_second"] == r["frames_rendered"] / r["seconds"]["median"]
     assert r["chunk_compiled_bytes"] is None or r["chunk_compiled_bytes"] > 0
+
+
+def test_hlo_flops_counts_a_matmul():
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda a, b: a @ b)
+    assert bench.hlo_flops(f, jnp.ones((4, 5)), jnp.ones((5, 6))) == 2 * 4 * 5 * 6
+
+
+def test_realtime_budget_and_bitrate_follow_the_papers_formulas():
+    from kpflow.pipeline import Schedule
+
+    b = bench.realtime_budget({"extraction": 2e9, "forecasting": 1e6, "generation": 100e9}, Schedule(6, 6))
+    # 30 fps: the detector on the 15 sent frames, the forecaster once per 12-frame block, the generator on all 30
+    assert b["calls_per_second"] == {"extraction": 15.0, "forecasting": 2.5, "generation": 30.0}
+    assert b["total_gflop_per_second"] == pytest.approx(15 * 2 + 2.5 * 1e-3 + 30 * 100)
+    assert b["required_tops"] == pytest.approx((15 * 2e9 + 2.5e6 + 30 * 100e9) / 0.6 / 1e12)
+    assert b["duty_cycle_extraction"] == 0.5
+    r = bench.paper_bitrate(60, Schedule(6, 6))
+    assert (r["kbps_every_frame"], r["kbps"]) == pytest.approx((57.6, 28.8))
+    assert r["saving_vs_reference"] == pytest.approx(500 / 28.8)
+    assert bench.paper_bitrate(60, Schedule(12, 12), bits=16)["kbps"] == pytest.approx(14.4)
+
+
+def test_realtime_benchmark_tiny(tmp_path, capsys):
+    """The paper's protocol runs in every render mode and dtype and reports consistent fields."""
+    results = {}
+    dtypes = {"frame": "float32,bfloat16", "forecast_block": "float32", "block": "float32"}
+    for render in bench.RENDER_MODES:
+        out = tmp_path / f"{render}.json"
+        results[render] = r = bench.main([
+            "realtime", "--config_variant", "tiny", "--frame_size", "32", "--tiny", "--frames", "18",
+            "--repeats", "2", "--render", render, "--dtypes", dtypes[render], "--out", str(out)])
+        assert json.loads(out.read_text())["render"] == render
+        assert (r["schedule"], r["frames"], r["repeats"]) == ("6-6", 18, 2)
+        assert set(r["dtypes"]) == set(dtypes[render].split(",")) and r["comparable"] is False
+        for name, e in r["dtypes"].items():
+            assert len(e["runs"]) == 2
+            for run in e["runs"]:  # the stages are inside the run's wall clock
+                assert 0 < run["extraction"] + run["forecasting"] + run["generation"] <= run["total"]
+            assert e["fps"] == pytest.approx(18 / e["seconds_per_clip"]["total"])
+            assert e["ms_per_30_frames"]["total"] == pytest.approx(e["seconds_per_clip"]["total"] * 1e3 * 30 / 18)
+            assert all(v > 0 for v in e["flops_per_call"].values())
+            assert e["budget"]["required_tops"] > 0
+        assert "quality_vs_float32" not in r["dtypes"]["float32"]
+        assert r["bitrate"]["kbps"] == pytest.approx(28.8)
+    q = results["frame"]["dtypes"]["bfloat16"]["quality_vs_float32"]
+    assert 0 <= q["frame_mae"] < 0.05 and 0 <= q["keypoint_mae"] < 0.05
+    # the generator's FLOPs per frame do not depend on how frames are grouped into calls
+    per_frame = {k: r["dtypes"]["float32"]["flops_per_call"]["generation"] for k, r in results.items()}
+    assert len(set(per_frame.values())) == 1
+    assert "TOPS" in capsys.readouterr().out
+
+
+def test_realtime_bad_arguments():
+    with pytest.raises(SystemExit, match="float32"):
+        bench.main(["realtime", "--dtypes", "bfloat16", "--config_variant", "tiny", "--tiny"])
+    with pytest.raises(SystemExit, match="--frames"):
+        bench.main(["realtime", "--frames", "5", "--config_variant", "tiny", "--tiny"])
+    args = bench.build_parser().parse_args(["realtime"])
+    assert (args.horizon, args.frames, args.render, args.frame_size) == ("6-6", 36, "frame", 256)
