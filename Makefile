@@ -2,7 +2,7 @@
 #
 #   make test     the test suite (creates .venv and installs kpflow[dev,torch] on first use)
 #   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
-#   make bench    forecaster sampling, FOMM and end-to-end pipeline speed (runs/bench_*.json)
+#   make bench    forecaster sampling, FOMM, end-to-end pipeline and real-time protocol speed (runs/bench_*.json)
 #   make lint     ruff
 #   make torch    the optional PyTorch extra (checkpoint conversion, parity tests)
 #   make clean    caches and demo output (keeps .venv and runs/); make distclean also drops .venv
@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m eval.bench forecast --out runs/bench_forecast.json
 	$(PY) -m eval.bench fomm --out runs/bench_fomm.json
 	$(PY) -m eval.bench pipeline --samples 10 --out runs/bench_pipeline.json
+	$(PY) -m eval.bench realtime --repeats 3 --out runs/bench_realtime.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kpflow train eval configs tests notebooks
