@@ -703,7 +703,6 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
     video = render_clip(style, np.random.default_rng(args.seed), args.frames, args.frame_size)
     video = jnp.asarray(video.astype(np.float32) / 255.0)  # [T, S, S, 3], on the device
     variables = jax.jit(f.init)(jax.random.key(args.seed), jnp.zeros((1, schedule.period, dim)))
-    sample = jax.jit(lambda ctx, rng: f.sample(variables, ctx, schedule.horizon, rng, 1)[0])  # [1, M, D]
     blocks = schedule.blocks(args.frames)
     render = args.render
 
@@ -736,34 +735,34 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
         det_vars, gen_vars = fomm.variables["kp_detector"], fomm.variables["generator"]
         detect, forecast_fn, generate = fns
 
-        def clock(stage, fn):
+        def clock(stage, fn, *args):
             start = time.perf_counter()
-            out = jax.block_until_ready(fn())
+            out = jax.block_until_ready(fn(*args))
             if timed is not None:
                 timed[stage] += time.perf_counter() - start
             return out
 
         source = video[:1]
-        kp_source = clock("extraction", lambda: fomm._detect(det_vars, source))
+        kp_source = clock("extraction", fomm._detect, det_vars, source)
         frames, kps = [], []
         rng = jax.random.key(args.seed + 1)
         for i, block in enumerate(blocks):
             sent = []
             for t in block.observed:  # frames arrive one by one: detect, send, render on arrival
-                sent.append(clock("extraction", lambda t=t: detect(det_vars, video, t)))
+                sent.append(clock("extraction", detect, det_vars, video, t))
                 if render != "block":
-                    frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, sent[-1][None])))
+                    frames.append(clock("generation", generate, gen_vars, source, kp_source, sent[-1][None]))
             if render == "block":
-                frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, jnp.stack(sent))))
+                frames.append(clock("generation", generate, gen_vars, source, kp_source, jnp.stack(sent)))
             kps.extend(sent)
             if len(block.forecast):
-                future = clock("forecasting", lambda: forecast_fn(tuple(sent), rng, i))[: len(block.forecast)]
+                future = clock("forecasting", forecast_fn, tuple(sent), rng, i)[: len(block.forecast)]
                 kps.extend(future)
                 if render == "frame":
                     for j in range(len(block.forecast)):
-                        frames.append(clock("generation", lambda j=j: generate(gen_vars, source, kp_source, future[j : j + 1])))
+                        frames.append(clock("generation", generate, gen_vars, source, kp_source, future[j : j + 1]))
                 else:  # the forecast frames are all known now: one call renders them
-                    frames.append(clock("generation", lambda: generate(gen_vars, source, kp_source, future)))
+                    frames.append(clock("generation", generate, gen_vars, source, kp_source, future))
         return jnp.concatenate(frames), jnp.stack(kps)
 
     def lowered_flops(fomm: FOMM, fns) -> dict[str, float | None]:
@@ -844,8 +843,8 @@ def format_realtime(r: dict[str, Any]) -> str:
          f"{r['model']} ({r['forecaster_sizes']} sizes), {r['frames']} frames in {r['schedule']} blocks, "
          f"batch 1, rendering per {r['render'].replace('_', ' ')}, median of {r['repeats']}"),
         f"  backend {env['backend']} ({env['device_kind']}), jax {env['jax']}",
-        f"  {'dtype':<9} {'extract':>9} {'forecast':>9} {'generate':>9} {'total':>9}  (ms per 30 frames) {'fps':>8}"
-        f"  {'TOPS@30fps':>10}  quality cost vs float32",
+        (f"  {'dtype':<9} {'extract':>9} {'forecast':>9} {'generate':>9} {'total':>9}  (ms per 30 frames) {'fps':>8}"
+         f"  {'TOPS@30fps':>10}  quality cost vs float32"),
     ]
     for name, e in r["dtypes"].items():
         ms = e["ms_per_30_frames"]

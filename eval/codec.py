@@ -1,10 +1,13 @@
-"""Rate-distortion of keypoint transmission: ``python -m eval.codec --data_dir PATH --out FILE.json``.
+"""Rate-distortion of keypoint transmission: ``python -m eval.codec (--data_dir PATH | --videos PATH --fomm DIR) --out FILE.json``.
 
-Every clip of ``--data_dir`` (per-clip ``.npz`` keypoints) is sent through ``kpflow.codec`` at 30 fps
-and the receiver's reconstruction is compared with the clip (keypoint MAE in raw units, over all
-frames). The codec's models are fitted on the clips of ``--fit_dir`` (default: the first
-``--fit_fraction`` of the clips, which are then not scored). Points written to the JSON list, each
-``{"policy", "kbps", "mae_raw", ...}``:
+Every scored clip is sent through ``kpflow.codec`` at 30 fps and the receiver's reconstruction is
+compared with the clip (keypoint MAE in raw units, over all frames). The clips are either per-clip
+``.npz`` keypoints (``--data_dir``) or the keypoints a FOMM's detector finds in a folder of videos
+(``--videos`` with ``--fomm``: the keypoints the renderer was trained with, so pixel errors can be
+measured too). The codec's models are fitted on the clips of ``--fit_dir`` (``.npz`` keypoints, or
+videos when ``--videos`` is given; default: the first ``--fit_fraction`` of the clips, which are
+then not scored). ``--max_clips N`` scores only the first N of the remaining clips. Points written
+to the JSON list, each ``{"policy", "kbps", "mae_raw", ...}``:
 
 - ``paper_fp32``: every frame's 60 numbers as float32 (57.6 kbps, exact);
 - ``paper_fp32_half_forecast``: the papers' 6 sent + 6 forecast frames, float32, forecast frames
@@ -18,7 +21,18 @@ frames). The codec's models are fitted on the clips of ``--fit_dir`` (default: t
   refitted to what the policy sends there (``CodecParams.fit_to_policy``); each point also says
   where the bits go (``header_kbps``, ``packets_per_second``, ``intra_packets``).
 
-``FILE.png`` beside the JSON draws the curves (kbps against MAE) with the papers' points.
+With ``--fomm``, some points are also rendered in reconstruction mode (``kpflow.pipeline``: source =
+the clip's first frame, driving = the receiver's keypoint series) and get ``pixel_mae`` (mean
+|rendered - ground-truth frame| over every frame and pixel of the scored clips, pixels in [0, 1])
+and ``pixel_mae_vs_fomm`` (the same against FOMM rendering every frame's exact keypoints, the
+``paper_fp32`` point, for which it is 0). ``--render nearest`` (default) renders ``paper_fp32``,
+``paper_fp32_half_forecast`` and, per other policy, the point whose keypoint MAE is nearest the
+half-forecast one; ``--render all`` renders every point.
+
+``FILE.png`` beside the JSON draws the curves (kbps against keypoint MAE) with the papers' points,
+and a second panel (kbps against pixel MAE) when points were rendered.
+
+Bad arguments or inputs give a one-line ``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -34,14 +48,24 @@ import numpy as np
 
 FPS = 30.0
 FLOAT_BITS = 32
+COMPARED_POLICIES = ("order0", "kpflow_every_frame", "kpflow_threshold")
+RENDER_CHOICES = ("nearest", "all")
+
+
+class UsageError(Exception):
+    """A bad argument or input: printed as one line, exit status 2."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.codec", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", required=True, help="folder of per-clip .npz keypoints")
+    p.add_argument("--data_dir", default="", help="folder of per-clip .npz keypoints (or give --videos and --fomm)")
+    p.add_argument("--videos", default="", help="folder of videos (a FOMM layout's test/); keypoints from --fomm's detector")
+    p.add_argument("--fomm", default="", help="FOMM directory (train.fomm): detects the keypoints of --videos and renders them")
     p.add_argument("--out", required=True, help="output JSON (a list of points); FILE.png is drawn beside it")
-    p.add_argument("--fit_dir", default="", help="clips to fit the codec's models on (default: part of --data_dir)")
-    p.add_argument("--fit_fraction", type=float, default=0.5, help="share of --data_dir clips used for fitting (default 0.5)")
+    p.add_argument("--fit_dir", default="",
+                   help="clips to fit the codec's models on: .npz keypoints, or videos with --videos (default: part of the clips)")
+    p.add_argument("--fit_fraction", type=float, default=0.5, help="share of the clips used for fitting (default 0.5)")
+    p.add_argument("--max_clips", type=int, default=0, help="score only the first N clips (0: all)")
     p.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.04, 0.05, 0.06, 0.08, 0.1],
                    help="quantisation steps in raw keypoint units")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.015, 0.02, 0.025, 0.03],
@@ -51,6 +75,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deadzone", type=float, default=0.6, help="residual components up to this many steps are not sent")
     p.add_argument("--intra_period", type=int, default=60, help="every N-th packet is intra (loss recovery)")
     p.add_argument("--max_gap", type=int, default=60, help="send at least every N frames (<= 127)")
+    p.add_argument("--render", default="nearest", choices=RENDER_CHOICES,
+                   help="with --fomm: which points are rendered (nearest: the papers' two and, per policy, the point "
+                        "nearest the half-forecast keypoint MAE; all: every point)")
+    p.add_argument("--chunk_size", type=int, default=16, help="frames per compiled rendering call (memory bound)")
     a = p.parse_args(argv)
     if not 0 < a.fit_fraction < 1:
         p.error(f"--fit_fraction must be in (0, 1); got {a.fit_fraction}")
@@ -58,32 +86,140 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be > 0 and --thresholds >= 0")
     if not 0 <= a.deadzone < 1.5:
         p.error(f"--deadzone must be in [0, 1.5) steps; got {a.deadzone}")
+    if a.max_clips < 0 or a.chunk_size < 1:
+        p.error(f"--max_clips must be >= 0 and --chunk_size >= 1; got {a.max_clips} and {a.chunk_size}")
     return a
 
 
-def paper_points(series: list[np.ndarray]) -> list[dict]:
+def check_sources(a: argparse.Namespace) -> None:
+    """Exactly one source of clips: ``--data_dir``, or ``--videos`` with the ``--fomm`` that reads and renders them."""
+    if a.data_dir and a.videos:
+        raise UsageError("give --data_dir (keypoint clips) or --videos with --fomm, not both")
+    if a.fomm and not a.videos:
+        raise UsageError("--fomm needs --videos PATH: the clips it renders, whose keypoints its own detector finds")
+    if a.videos and not a.fomm:
+        raise UsageError("--videos needs --fomm DIR: its detector finds the keypoints, its generator renders them")
+    if not a.data_dir and not a.videos:
+        raise UsageError("give --data_dir (a folder of .npz keypoint clips) or --videos PATH with --fomm DIR")
+
+
+# -- clips -----------------------------------------------------------------------------------------
+
+
+def split_clips(names: list[str], a: argparse.Namespace, source: str) -> tuple[list[str], list[str]]:
+    """(fitting, scored) clip names: all scored with ``--fit_dir``, else the first ``--fit_fraction`` fit."""
+    if a.fit_dir:
+        fit, scored = [], names
+    else:
+        if len(names) < 2:
+            raise UsageError(f"{source} holds {len(names)} clip(s); need two (fit and score) or --fit_dir")
+        cut = min(len(names) - 1, max(1, round(a.fit_fraction * len(names))))
+        fit, scored = names[:cut], names[cut:]
+    return fit, scored[: a.max_clips] if a.max_clips else scored
+
+
+def keypoint_clips(a: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``--data_dir`` (and ``--fit_dir``) .npz clips -> (fitting series, scored series), each ``[T, D]``."""
+    from kpflow.data.clips import load_folder
+
+    try:
+        clips = load_folder(a.data_dir)
+        fit_clips = load_folder(a.fit_dir) if a.fit_dir else None
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    fit, scored = split_clips(clips.names, a, a.data_dir)
+    fitting = fit_clips.series() if fit_clips is not None else [clips.clips[n] for n in fit]
+    return fitting, [clips.clips[n] for n in scored]
+
+
+def video_list(path: str, flag: str, split: str) -> list[Path]:
+    """The videos of ``path``: a folder (its ``split``/ in a FOMM layout) or one video."""
+    from kpflow.data.videos import NoVideosError, list_videos
+
+    root = Path(path)
+    if not root.exists():
+        raise UsageError(f"{flag} {path!r} does not exist")
+    if root.is_dir() and (root / split).is_dir():
+        root = root / split
+    if root.is_file():
+        return [root]
+    try:
+        return list_videos(root)
+    except NoVideosError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_fomm(directory: str):
+    from eval import video
+
+    try:
+        return video.load_fomm(directory)
+    except video.UsageError as e:
+        raise UsageError(str(e)) from None
+
+
+def video_clips(a: argparse.Namespace, fomm) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``--videos`` (and ``--fit_dir``) through ``fomm``'s detector -> (fitting series, scored series,
+    scored frames); series ``[T, D]``, frames ``[T, H, W, 3]`` float32 in [0, 1] at the FOMM's frame size.
+    Only the scored clips' frames are kept."""
+    from tqdm import tqdm
+
+    from eval.extract_keypoints import extract_keypoints
+    from kpflow.data.videos import VideoReadError, read_video
+    from kpflow.fomm.model import frame_shape_of
+    from kpflow.keypoints import keypoints_to_vector
+
+    paths = video_list(a.videos, "--videos", "test")
+    fit_paths = video_list(a.fit_dir, "--fit_dir", "train") if a.fit_dir else []
+    fit, scored = split_clips([str(p) for p in paths], a, a.videos)
+    fit_paths = fit_paths or [Path(p) for p in fit]
+    shape = frame_shape_of(fomm.config)
+
+    def read(path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            frames = read_video(path, shape)
+        except VideoReadError as e:
+            raise UsageError(str(e)) from None
+        return frames, keypoints_to_vector(*extract_keypoints(fomm, frames))
+
+    fitting = [read(p)[1] for p in tqdm(fit_paths, desc="detect (fitting clips)", unit="clip", leave=False)]
+    scored_frames, scored_series = [], []
+    for p in tqdm(scored, desc="detect (scored clips)", unit="clip", leave=False):
+        frames, series = read(p)
+        scored_frames.append(frames)
+        scored_series.append(series)
+    return fitting, scored_series, scored_frames
+
+
+# -- rate-distortion points: each with the receiver's reconstruction of every scored clip -------------
+
+
+def paper_points(series: list[np.ndarray]) -> list[tuple[dict, list[np.ndarray]]]:
     """The papers' float32 operating points: everything sent, and 6 sent + 6 held."""
     dim = series[0].shape[1]
     full = dim * FLOAT_BITS * FPS / 1000
-    errors = []
+    held, errors = [], []
     for s in series:
         rec = s.copy()
         for t in range(len(s)):
             if t % 12 >= 6:
                 rec[t] = rec[t - 1]
+        held.append(rec)
         errors.append(np.abs(rec - s).ravel())
     return [
-        {"policy": "paper_fp32", "kbps": full, "mae_raw": 0.0},
-        {"policy": "paper_fp32_half_forecast", "kbps": full / 2, "mae_raw": float(np.mean(np.concatenate(errors)))},
+        ({"policy": "paper_fp32", "kbps": full, "mae_raw": 0.0}, list(series)),
+        ({"policy": "paper_fp32_half_forecast", "kbps": full / 2, "mae_raw": float(np.mean(np.concatenate(errors)))},
+         held),
     ]
 
 
-def order0_point(series: list[np.ndarray], step: float) -> dict:
+def order0_point(series: list[np.ndarray], step: float) -> tuple[dict, list[np.ndarray]]:
     """Quantise, code deltas of the quantised values, count the ideal order-0 entropy per dimension."""
-    symbols, errors = [], []
+    symbols, errors, recs = [], [], []
     for s in series:
         q = np.round(s / step).astype(np.int64)  # closed loop is exact: deltas of quantised values
         symbols.append(np.diff(q, axis=0, prepend=np.zeros((1, s.shape[1]), np.int64)))
+        recs.append((q * step).astype(np.float32))
         errors.append(np.abs(q * step - s).ravel())
     sym = np.concatenate(symbols)
     bits = 0.0
@@ -93,24 +229,111 @@ def order0_point(series: list[np.ndarray], step: float) -> dict:
         bits += -(counts * np.log2(prob)).sum()
     frames = sum(len(s) for s in series)
     return {"policy": "order0", "step": step, "kbps": bits / (frames / FPS) / 1000,
-            "mae_raw": float(np.mean(np.concatenate(errors)))}
+            "mae_raw": float(np.mean(np.concatenate(errors)))}, recs
 
 
-def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> dict:
+def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> tuple[dict, list[np.ndarray]]:
     from kpflow import codec
 
-    total, header, packets, intra, errors = 0, 0, 0, 0, []
+    total, header, packets, intra, errors, recs = 0, 0, 0, 0, [], []
     for s in series:
         out = codec.transmit(s, params, policy=policy, fps=FPS, **kwargs)
         total += out["bytes"]
         header += out["header_bytes"]
         packets += out["packets"]
         intra += out["intra_packets"]
+        recs.append(out["reconstruction"])
         errors.append(np.abs(out["reconstruction"] - s).ravel())
     seconds = sum(len(s) for s in series) / FPS
     return {"kbps": total * 8 / seconds / 1000, "mae_raw": float(np.mean(np.concatenate(errors))),
             "header_kbps": header * 8 / seconds / 1000, "packets_per_second": packets / seconds,
-            "intra_packets": intra, "bytes": total}
+            "intra_packets": intra, "bytes": total}, recs
+
+
+def rate_distortion(a: argparse.Namespace, fit: list[np.ndarray], scored: list[np.ndarray]) -> list[tuple[dict, list]]:
+    """Every point of the sweep, each with its per-clip reconstructions ``[T, D]`` of ``scored``."""
+    from tqdm import tqdm
+
+    from kpflow import codec
+
+    points = paper_points(scored)
+    for step in a.steps:
+        points.append(order0_point(scored, step))
+    jobs = list(itertools.product(a.steps, [None, *a.thresholds]))
+    for step, threshold in tqdm(jobs, desc="rate-distortion", unit="point"):
+        base = codec.CodecParams.fit(fit, step, basis=a.basis, deadzone=a.deadzone)
+        sender = {"intra_period": a.intra_period, "max_gap": a.max_gap}
+        if threshold is None:
+            sender["policy"] = "every_frame"
+        else:
+            sender.update(policy="threshold", threshold=threshold)
+        params = base.fit_to_policy(fit, **sender)  # fitting clips only: the scored ones stay unseen
+        p, recs = codec_point(scored, params, **sender)
+        setting = {"step": step, "basis": a.basis, "deadzone": a.deadzone}
+        if threshold is None:
+            points.append(({"policy": "kpflow_every_frame", **setting, **p}, recs))
+        else:
+            points.append(({"policy": "kpflow_threshold", **setting, "threshold": threshold, **p}, recs))
+    return points
+
+
+# -- pixels ----------------------------------------------------------------------------------------
+
+
+def points_to_render(points: list[dict], which: str = "nearest") -> list[int]:
+    """Indices of the points rendered: all, or the papers' two and, per compared policy, the point whose
+    keypoint MAE is nearest the half-forecast one (the lower rate on a tie)."""
+    if which == "all":
+        return list(range(len(points)))
+    index = {p["policy"]: i for i, p in enumerate(points) if p["policy"].startswith("paper")}
+    target = points[index["paper_fp32_half_forecast"]]["mae_raw"]
+    chosen = [index["paper_fp32"], index["paper_fp32_half_forecast"]]
+    for policy in COMPARED_POLICIES:
+        candidates = [i for i, p in enumerate(points) if p["policy"] == policy]
+        if candidates:
+            chosen.append(min(candidates, key=lambda i: (abs(points[i]["mae_raw"] - target), points[i]["kbps"])))
+    return chosen
+
+
+def add_pixel_errors(points: list[dict], reconstructions: list[list[np.ndarray]], chosen: list[int],
+                     frames: list[np.ndarray], series: list[np.ndarray], fomm, chunk_size: int = 16) -> None:
+    """Render the ``chosen`` points of every scored clip and add ``pixel_mae`` and ``pixel_mae_vs_fomm`` to them.
+
+    ``reconstructions[i][c]`` is point i's keypoint series ``[T, D]`` for clip c; ``frames[c]``
+    ``[T, H, W, 3]`` its ground truth and ``series[c]`` ``[T, D]`` its exact keypoints. Reconstruction
+    mode: source = the clip's first frame, FOMM renders every frame of the driving series.
+    """
+    import jax
+    from tqdm import tqdm
+
+    from kpflow import pipeline as pl
+
+    fomm_only = pl.MotionTransfer(fomm, None, pl.Schedule(1, 0), "reconstruction", chunk_size=chunk_size)
+    key = jax.random.key(0)  # nothing is forecast, so nothing is drawn
+    vs_truth = dict.fromkeys(chosen, 0.0)
+    vs_fomm = dict.fromkeys(chosen, 0.0)
+    count = 0
+    for c in tqdm(range(len(frames)), desc="render", unit="clip"):
+        truth = frames[c]
+        reference = fomm_only.run(truth[0], series[c], key).frames[0]
+        for i in chosen:
+            rec = reconstructions[i][c]
+            # Exact keypoints (paper_fp32, a lossless point): the reference frames themselves.
+            rendered = reference if np.array_equal(rec, series[c]) else fomm_only.run(truth[0], rec, key).frames[0]
+            vs_truth[i] += float(np.abs(rendered - truth).sum(dtype=np.float64))
+            vs_fomm[i] += float(np.abs(rendered - reference).sum(dtype=np.float64))
+        count += truth.size
+    for i in chosen:
+        points[i]["pixel_mae"] = vs_truth[i] / count
+        points[i]["pixel_mae_vs_fomm"] = vs_fomm[i] / count
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def describe(p: dict) -> str:
+    """A point's setting in words: ``step 0.05, threshold 0.02``."""
+    return ", ".join(f"{k} {p[k]}" for k in ("step", "threshold") if k in p)
 
 
 def plot(path: Path, points: list[dict]) -> None:
@@ -119,14 +342,18 @@ def plot(path: Path, points: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    rendered = [p for p in points if "pixel_mae" in p]
+    fig, axes = plt.subplots(1, 2 if rendered else 1, figsize=(12.5 if rendered else 6.5, 4), squeeze=False)
+    ax = axes[0, 0]
+    colors = {}
     curves = sorted({p["policy"] for p in points if not p["policy"].startswith("paper")})
     for name in curves:
         pts = sorted((p["mae_raw"], p["kbps"]) for p in points if p["policy"] == name)
         # A sweep over two knobs: draw its lower envelope as the curve, every point as a dot.
         front = [pt for i, pt in enumerate(pts) if all(pt[1] < k for _, k in pts[:i])]
         line, = ax.plot([m for m, _ in front], [k for _, k in front], "-", label=name)
-        ax.plot([m for m, _ in pts], [k for _, k in pts], "o", ms=3, color=line.get_color(), alpha=0.6)
+        colors[name] = line.get_color()
+        ax.plot([m for m, _ in pts], [k for _, k in pts], "o", ms=3, color=colors[name], alpha=0.6)
     paper = [p for p in points if p["policy"] == "paper_fp32_half_forecast"]
     if paper:
         ax.axvline(paper[0]["mae_raw"], color="k", ls=":", lw=1)  # the MAE every scheme must match
@@ -139,50 +366,42 @@ def plot(path: Path, points: list[dict]) -> None:
     ax.set_ylabel("kbps at 30 fps (log)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    if rendered:
+        ax = axes[0, 1]
+        for p in rendered:
+            if p["policy"].startswith("paper"):
+                ax.plot(p["pixel_mae"], p["kbps"], "k*", ms=9)
+                ax.annotate(p["policy"], (p["pixel_mae"], p["kbps"]), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+            else:  # in the legend: points of similar rate and error would hide each other's labels
+                ax.plot(p["pixel_mae"], p["kbps"], "o", ms=5, color=colors.get(p["policy"]),
+                        label=f"{p['policy']} ({describe(p)})")
+        exact = [p for p in rendered if p["policy"] == "paper_fp32"]
+        if exact:  # no keypoint codec renders better than FOMM given exact keypoints
+            ax.axvline(exact[0]["pixel_mae"], color="k", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("pixel MAE vs ground truth (reconstruction, all frames)")
+        ax.set_ylabel("kbps at 30 fps (log)")
+        ax.grid(alpha=0.3, which="both")
+        if len(rendered) > 2:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from tqdm import tqdm
-
-    from kpflow import codec
-    from kpflow.data.clips import load_folder
-
-    try:
-        clips = load_folder(args.data_dir)
-        fit_clips = load_folder(args.fit_dir) if args.fit_dir else None
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
-    names = clips.names
-    if fit_clips is None:
-        if len(names) < 2:
-            raise SystemExit(f"error: {args.data_dir} holds {len(names)} clip(s); need two (fit and score) or --fit_dir")
-        cut = min(len(names) - 1, max(1, round(args.fit_fraction * len(names))))
-        fit = [clips.clips[n] for n in names[:cut]]
-        scored = [clips.clips[n] for n in names[cut:]]
+    check_sources(args)
+    if args.videos:
+        fomm = load_fomm(args.fomm)
+        fit, scored, frames = video_clips(args, fomm)
     else:
-        fit = list(fit_clips.clips.values())
-        scored = list(clips.clips.values())
-    points = paper_points(scored)
-    jobs = list(itertools.product(args.steps, [None, *args.thresholds]))
-    for step in args.steps:
-        points.append(order0_point(scored, step))
-    for step, threshold in tqdm(jobs, desc="rate-distortion", unit="point"):
-        base = codec.CodecParams.fit(fit, step, basis=args.basis, deadzone=args.deadzone)
-        sender = {"intra_period": args.intra_period, "max_gap": args.max_gap}
-        if threshold is None:
-            sender["policy"] = "every_frame"
-        else:
-            sender.update(policy="threshold", threshold=threshold)
-        params = base.fit_to_policy(fit, **sender)  # fitting clips only: the scored ones stay unseen
-        p = codec_point(scored, params, **sender)
-        setting = {"step": step, "basis": args.basis, "deadzone": args.deadzone}
-        if threshold is None:
-            points.append({"policy": "kpflow_every_frame", **setting, **p})
-        else:
-            points.append({"policy": "kpflow_threshold", **setting, "threshold": threshold, **p})
+        fit, scored = keypoint_clips(args)
+    results = rate_distortion(args, fit, scored)
+    points = [p for p, _ in results]
+    if args.videos:
+        add_pixel_errors(points, [r for _, r in results], points_to_render(points, args.render), frames, scored, fomm,
+                         args.chunk_size)
     return points
 
 
@@ -194,21 +413,31 @@ def best_at(points: list[dict], policy: str, mae: float) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    points = run(args)
+    try:
+        points = run(args)
+    except UsageError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(points, indent=1))
     plot(out.with_suffix(".png"), points)
     paper = next(p for p in points if p["policy"] == "paper_fp32_half_forecast")
     print(f"papers' 6 sent + 6 held, FP32: {paper['kbps']:.1f} kbps at MAE {paper['mae_raw']:.4f}")
-    for policy in ("order0", "kpflow_every_frame", "kpflow_threshold"):
+    for policy in COMPARED_POLICIES:
         b = best_at(points, policy, paper["mae_raw"])
         line = "no point at that MAE" if b is None else (
-            f"{b['kbps']:.2f} kbps at MAE {b['mae_raw']:.4f} (step {b['step']}"
-            + (f", threshold {b['threshold']}" if "threshold" in b else "")
+            f"{b['kbps']:.2f} kbps at MAE {b['mae_raw']:.4f} ({describe(b)}"
             + (f"; headers {b['header_kbps']:.2f} kbps, {b['packets_per_second']:.1f} packets/s" if "header_kbps" in b else "")
             + ")")
         print(f"  {policy:<20} {line}")
+    rendered = [p for p in points if "pixel_mae" in p]
+    if rendered:
+        print("rendered (reconstruction mode), pixel MAE vs ground truth / vs FOMM with exact keypoints:")
+        for p in rendered:
+            name = p["policy"] + (f" ({describe(p)})" if describe(p) else "")
+            print(f"  {name:<44} {p['kbps']:6.2f} kbps  keypoint MAE {p['mae_raw']:.4f}  "
+                  f"pixel MAE {p['pixel_mae']:.4f} / {p['pixel_mae_vs_fomm']:.4f}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -205,10 +205,97 @@ def test_eval_codec_cli_writes_the_rate_distortion_points(tmp_path, capsys):
     assert "papers' 6 sent + 6 held" in capsys.readouterr().out
 
 
-def test_eval_codec_cli_bad_input(tmp_path):
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_eval_codec_cli_bad_input(tmp_path, capsys):
     from eval import codec as eval_codec
 
-    with pytest.raises(SystemExit, match="error: "):
-        eval_codec.main(["--data_dir", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")])
+    out = ["--out", str(tmp_path / "x.json")]
+    assert eval_codec.main(["--data_dir", str(tmp_path / "none"), *out]) == 2
+    assert "does not exist" in one_line_error(capsys)
     with pytest.raises(SystemExit):
-        eval_codec.main(["--data_dir", str(tmp_path), "--out", str(tmp_path / "x.json"), "--deadzone", "3"])
+        eval_codec.main(["--data_dir", str(tmp_path), *out, "--deadzone", "3"])
+    assert "--deadzone" in capsys.readouterr().err  # argparse's own usage + error
+    assert eval_codec.main(out) == 2
+    assert "--data_dir" in one_line_error(capsys)
+    assert eval_codec.main(["--fomm", str(tmp_path), *out]) == 2
+    assert "--fomm needs --videos" in one_line_error(capsys)
+    assert eval_codec.main(["--videos", str(tmp_path), *out]) == 2
+    assert "--videos needs --fomm" in one_line_error(capsys)
+    assert not (tmp_path / "x.json").exists()
+
+
+# -- eval.codec with a FOMM: pixels ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fomm_and_videos(tmp_path_factory):
+    """A tiny random FOMM directory (64x64 frames) and generated videos in a train/ + test/ layout."""
+    from configs.fomm_common import fomm_config
+    from kpflow.data.synthetic_video import make_synthetic_videos
+    from kpflow.fomm.model import random_fomm, save_model
+
+    fomm = random_fomm(fomm_config("vox", "tiny"))
+    fomm_dir = tmp_path_factory.mktemp("fomm")
+    save_model(str(fomm_dir), fomm.config, fomm.variables, {"note": "random init for tests"})
+    videos = tmp_path_factory.mktemp("videos")
+    make_synthetic_videos(videos, num_train=2, num_test=2, num_frames=12, size=64, seed=0)
+    return fomm_dir, videos
+
+
+def test_eval_codec_cli_renders_pixel_errors(fomm_and_videos, tmp_path, capsys):
+    import kpflow.fomm
+    from eval import codec as eval_codec
+    from kpflow import pipeline as pl
+    from kpflow.data.videos import list_videos, read_video
+    from kpflow.keypoints import Keypoints
+
+    fomm_dir, videos = fomm_and_videos
+    out = tmp_path / "rd.json"
+    code = eval_codec.main(["--videos", str(videos), "--fomm", str(fomm_dir), "--fit_dir", str(videos),
+                            "--out", str(out), "--max_clips", "1", "--steps", "0.02", "0.05",
+                            "--thresholds", "0.02", "--chunk_size", "8"])
+    assert code == 0, capsys.readouterr().err
+    points = json.loads(out.read_text())
+    rendered = [p for p in points if "pixel_mae" in p]
+    # The papers' two points, and per compared policy the one nearest the half-forecast keypoint MAE.
+    assert sorted(p["policy"] for p in rendered) == sorted(["paper_fp32", "paper_fp32_half_forecast",
+                                                            *eval_codec.COMPARED_POLICIES])
+    target = next(p for p in points if p["policy"] == "paper_fp32_half_forecast")["mae_raw"]
+    for p in rendered:
+        others = [q["mae_raw"] for q in points if q["policy"] == p["policy"]]
+        assert abs(p["mae_raw"] - target) == min(abs(m - target) for m in others)
+        assert 0 < p["pixel_mae"] < 1 and 0 <= p["pixel_mae_vs_fomm"] < 1
+    assert all("pixel_mae_vs_fomm" not in p for p in points if "pixel_mae" not in p)
+    by_policy = {p["policy"]: p for p in rendered}
+    exact, held = by_policy["paper_fp32"], by_policy["paper_fp32_half_forecast"]
+    assert exact["pixel_mae_vs_fomm"] == 0.0
+    assert held["mae_raw"] > 0 and held["pixel_mae_vs_fomm"] > 0  # held keypoints do move the pixels
+    # The reference is FOMM rendering every frame's exact keypoints from the first frame: redo it
+    # here, outside eval.codec, on the one scored clip (the first of test/).
+    fomm = kpflow.fomm.load(str(fomm_dir))
+    frames = read_video(list_videos(videos / "test")[0], (64, 64))
+    kp = fomm.detect(frames)
+    kp_source = Keypoints(kp.value[0], kp.jacobian[0])
+    again = pl.Renderer(fomm, chunk_size=4).render(frames[0], kp_source, kp)
+    assert exact["pixel_mae"] == pytest.approx(float(np.mean(np.abs(again - frames))), rel=1e-4)
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "pixel MAE" in capsys.readouterr().out
+
+
+def test_eval_codec_cli_bad_fomm_input(fomm_and_videos, tmp_path, capsys):
+    from eval import codec as eval_codec
+
+    fomm_dir, videos = fomm_and_videos
+    out = ["--out", str(tmp_path / "x.json")]
+    assert eval_codec.main(["--videos", str(videos), "--fomm", str(tmp_path / "no_fomm"), *out]) == 2
+    assert "--fomm" in one_line_error(capsys)
+    assert eval_codec.main(["--videos", str(tmp_path / "no_videos"), "--fomm", str(fomm_dir), *out]) == 2
+    assert "--videos" in one_line_error(capsys)
+    assert eval_codec.main(["--videos", str(videos), "--data_dir", str(videos), "--fomm", str(fomm_dir), *out]) == 2
+    assert "not both" in one_line_error(capsys)
+    assert not (tmp_path / "x.json").exists()

@@ -30,7 +30,7 @@ def _run_two_processes(tmp_path, workdir, epochs: int, tag: str) -> list[str]:
                    JAX_PROCESS_ID=str(i), XLA_FLAGS="")
         # Output goes to files, not pipes: a process blocked on a full pipe that nobody reads yet
         # never reaches the job's barriers, and its peer times out.
-        logs.append(open(tmp_path / f"{tag}_process{i}.log", "w+"))
+        logs.append(open(tmp_path / f"{tag}_process{i}.log", "w+"))  # noqa: SIM115 - closed below
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs[i], stderr=subprocess.STDOUT, text=True))
     try:
         for p in procs:
