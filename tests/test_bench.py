@@ -155,6 +155,11 @@ def test_realtime_benchmark_tiny(tmp_path, capsys):
     # the generator's FLOPs per frame do not depend on how frames are grouped into calls
     per_frame = {r["dtypes"]["float32"]["flops_per_call"]["generation"] for r in results.values()}
     assert len(per_frame) == 1
+    # encoding the source in every call costs the encoder's FLOPs on every frame
+    uncached = bench.main(["realtime", "--config_variant", "tiny", "--frame_size", "32", "--tiny", "--frames", "12",
+                           "--repeats", "1", "--no-source_cache"])
+    assert uncached["source_cache"] is False and results["frame"]["source_cache"] is True
+    assert uncached["dtypes"]["float32"]["flops_per_call"]["generation"] > per_frame.pop()
     assert "TOPS" in capsys.readouterr().out
 
 

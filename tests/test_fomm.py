@@ -736,3 +736,25 @@ def test_phase_decomposed_upsample_conv_matches_upsample_then_conv():
     reference = layer.apply(variables, x, phases=False)
     assert fast.shape == (2, 32, 40, 7)
     np.testing.assert_allclose(fast, reference, atol=1e-5)
+
+
+def test_generator_from_cached_source_features_equals_the_whole_generator():
+    """A receiver encodes its source once: decoding from those features is the same generator."""
+    from kpflow.fomm.model import random_fomm
+
+    fomm = random_fomm(fomm_config("vox", "tiny"), seed=3)
+    gen, variables = fomm.networks.generator, fomm.variables["generator"]
+    source, driving = _frames(20, n=1), _frames(21, n=3)
+    kp_s, kp_d = fomm.detect(source), fomm.detect(driving)
+    kp_s3 = jax.tree.map(lambda x: jnp.repeat(x, 3, axis=0), kp_s)
+    whole = gen.apply(variables, jnp.repeat(source, 3, axis=0), kp_s3, kp_d)
+    features = gen.apply(variables, source, encode_only=True)["source_features"]
+    assert set(gen.apply(variables, source, encode_only=True)) == {"source_features"}
+    cached = gen.apply(variables, jnp.repeat(source, 3, axis=0), kp_s3, kp_d,
+                       source_features=jnp.repeat(features, 3, axis=0))
+    for key in ("prediction", "occlusion_map", "mask", "deformed"):
+        np.testing.assert_allclose(np.asarray(cached[key]), np.asarray(whole[key]), atol=1e-6, err_msg=key)
+    # the cached features are used, not recomputed: other features give another frame
+    other = gen.apply(variables, jnp.repeat(source, 3, axis=0), kp_s3, kp_d,
+                      source_features=jnp.repeat(features, 3, axis=0) * 0.5)
+    assert not np.allclose(np.asarray(other["prediction"]), np.asarray(whole["prediction"]), atol=1e-4)

@@ -56,11 +56,24 @@ class OcclusionAwareGenerator(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, source, kp_source: Keypoints, kp_driving: Keypoints, train: bool = False) -> dict:
-        out = SameBlock(self.block_expansion, kernel_size=7, padding=3, dtype=self.dtype, name="first")(source, train)
-        for i in range(self.num_down_blocks):
-            features = min(self.max_features, self.block_expansion * 2 ** (i + 1))
-            out = DownBlock(features, dtype=self.dtype, name=f"down_blocks_{i}")(out, train)
+    def __call__(self, source, kp_source: Keypoints | None = None, kp_driving: Keypoints | None = None,
+                 train: bool = False, source_features=None, encode_only: bool = False) -> dict:
+        """The whole generator; or, for a receiver that animates one source many times, its halves.
+
+        ``encode_only=True`` returns ``{"source_features": ...}``, the encoder's output for
+        ``source`` (which depends on the source alone); passing those back as ``source_features``
+        skips the encoder and gives the same result as the whole generator. Parameters are shared:
+        one set of variables serves all three calls.
+        """
+        if source_features is None:
+            out = SameBlock(self.block_expansion, kernel_size=7, padding=3, dtype=self.dtype, name="first")(source, train)
+            for i in range(self.num_down_blocks):
+                features = min(self.max_features, self.block_expansion * 2 ** (i + 1))
+                out = DownBlock(features, dtype=self.dtype, name=f"down_blocks_{i}")(out, train)
+            if encode_only:
+                return {"source_features": out}
+        else:
+            out = source_features
 
         result = {}
         if self.dense_motion_params is not None:
