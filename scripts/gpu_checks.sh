@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The accelerator checks of issues 4 and 5, in one go (about 5 minutes on an H100 / H200):
 #   realtime_*  the paper's protocol (36 frames, 6+6 blocks, batch 1), fp32 and bf16, three
-#               rendering modes (frame by frame; forecast blocks in one call; whole blocks)
+#               rendering modes (frame by frame; forecast blocks in one call; whole blocks), and
+#               frame by frame with the source encoded in every call (realtime_frame_uncached)
 #   pipeline    100 sampled futures x 24 frames at 256x256 for one clip, end to end
 #   forecast    100 closed-loop VRNN samples of a 12-12 window (authors' sizes): vmap vs loop vs eager
 #   fomm_*      detector and generator per frame, fp32 and bf16, batch 1
@@ -10,11 +11,12 @@
 set -u
 PY=${PY:-python}
 OUT=${OUT:-runs/gpu_checks}
-STEPS=${STEPS:-"realtime_frame realtime_forecast_block realtime_block pipeline forecast fomm_fp32 fomm_bf16"}
+STEPS=${STEPS:-"realtime_frame realtime_frame_uncached realtime_forecast_block realtime_block pipeline forecast fomm_fp32 fomm_bf16"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 declare -A ARGS=(
   [realtime_frame]="realtime --render frame --repeats 10"
+  [realtime_frame_uncached]="realtime --render frame --repeats 10 --no-source_cache --dtypes float32"
   [realtime_forecast_block]="realtime --render forecast_block --repeats 10"
   [realtime_block]="realtime --render block --repeats 10"
   [pipeline]="pipeline --samples 100 --horizon 12-12 --chunk_size 16 --repeats 3"
