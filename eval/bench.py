@@ -611,10 +611,14 @@ def hlo_flops(jitted, *args) -> float | None:
     """FLOPs of ``jitted(*args)`` counted by XLA on the unoptimised HLO, lowered for the CPU.
 
     The count does not depend on the platform, but only the CPU's cost analysis counts every
-    operation: on GPUs, convolutions become library calls that the analysis leaves out.
+    operation: on GPUs, convolutions become library calls that the analysis leaves out. Arrays
+    are replaced by their shapes first, so that arrays placed on an accelerator lower for the CPU.
     """
+    import jax
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x, args)
     try:
-        lowered = jitted.trace(*args).lower(lowering_platforms=("cpu",))
+        lowered = jitted.trace(*abstract).lower(lowering_platforms=("cpu",))
     except Exception:  # noqa: BLE001 - fall back to the default platform
         lowered = jitted.lower(*args)
     return _flops(lowered)
