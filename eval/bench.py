@@ -584,6 +584,12 @@ def _add_realtime(sub) -> None:
                         "'forecast_block' (transmitted frames one by one as they arrive, each block's M "
                         "forecast frames in one call once forecast), 'block' (also the N transmitted "
                         "frames in one call, a block's latency later)")
+    p.add_argument("--fomm", default="", help="a FOMM directory (trained or converted) instead of random weights; "
+                   "its config and frame size replace --dataset, --config_variant and --frame_size")
+    p.add_argument("--forecaster", default="", help="a forecaster workdir (train.forecaster) instead of a random "
+                   "--model; its horizon must be --horizon")
+    p.add_argument("--video", default="", help="a video to stream (its first --frames frames, resized to the "
+                   "FOMM's size) instead of a generated clip")
     p.add_argument("--source_cache", action=argparse.BooleanOptionalAction, default=True,
                    help="encode the source image once per stream (default) rather than in every generator call")
     p.add_argument("--dtypes", default="",
@@ -684,8 +690,11 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
 
     from configs.fomm_common import fomm_config
     from kpflow import forecast, pipeline
+    from kpflow.checkpoint import load_trained
     from kpflow.data.synthetic_video import _identity_style, render_clip
-    from kpflow.fomm.model import FOMM, random_fomm
+    from kpflow.data.videos import VideoReadError, read_video
+    from kpflow.fomm.model import FOMM, frame_shape_of, random_fomm
+    from kpflow.fomm.model import load as load_fomm
     from kpflow.keypoints import Keypoints
 
     try:
@@ -701,16 +710,46 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
     if unknown or not dtypes or dtypes[0] != "float32":
         raise SystemExit(f"eval.bench realtime: --dtypes must start with float32 and name float32 / bfloat16; got {args.dtypes!r}")
 
-    config = fomm_config(args.dataset, args.config_variant)
-    config.data.frame_shape = (args.frame_size, args.frame_size, 3)
-    base = random_fomm(config, args.seed)
+    if args.fomm:
+        try:
+            base = load_fomm(args.fomm)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise SystemExit(f"eval.bench realtime: cannot load --fomm {args.fomm!r}: {e}") from None
+        config = base.config
+        args.frame_size = frame_shape_of(config)[0]
+    else:
+        config = fomm_config(args.dataset, args.config_variant)
+        config.data.frame_shape = (args.frame_size, args.frame_size, 3)
+        base = random_fomm(config, args.seed)
     dim = 6 * base.num_kp
-    sizes = (TINY_SIZES if args.tiny else AUTHORS_SIZES).get(args.model, {})
-    f = forecast.create(args.model, dim=dim, num_observed=schedule.num_observed, horizon=schedule.horizon, **sizes)
-    style = _identity_style(args.seed, 0, args.frame_size)
-    video = render_clip(style, np.random.default_rng(args.seed), args.frames, args.frame_size)
-    video = jnp.asarray(video.astype(np.float32) / 255.0)  # [T, S, S, 3], on the device
-    variables = jax.jit(f.init)(jax.random.key(args.seed), jnp.zeros((1, schedule.period, dim)))
+    if args.forecaster:
+        try:
+            trained = load_trained(args.forecaster)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise SystemExit(f"eval.bench realtime: cannot load --forecaster {args.forecaster!r}: {e}") from None
+        f, variables = trained.forecaster, trained.variables
+        trained_horizon = f"{trained.config.num_observed}-{trained.config.num_predicted}"
+        if trained_horizon != str(schedule) or trained.train_clips.dim != dim:
+            raise SystemExit(f"eval.bench realtime: the forecaster was trained for {trained_horizon} on "
+                             f"{trained.train_clips.dim} numbers per frame; this run needs {schedule} on {dim} "
+                             f"(pass --horizon {trained_horizon}, or a forecaster of this FOMM's keypoints)")
+        args.model = f"{trained.config.model.name} ({args.forecaster})"
+    else:
+        sizes = (TINY_SIZES if args.tiny else AUTHORS_SIZES).get(args.model, {})
+        f = forecast.create(args.model, dim=dim, num_observed=schedule.num_observed, horizon=schedule.horizon, **sizes)
+        variables = jax.jit(f.init)(jax.random.key(args.seed), jnp.zeros((1, schedule.period, dim)))
+    if args.video:
+        try:
+            video = read_video(args.video, (args.frame_size, args.frame_size))
+        except VideoReadError as e:
+            raise SystemExit(f"eval.bench realtime: {e}") from None
+        if len(video) < args.frames:
+            raise SystemExit(f"eval.bench realtime: {args.video} has {len(video)} frames; --frames is {args.frames}")
+        video = jnp.asarray(video[: args.frames])
+    else:
+        style = _identity_style(args.seed, 0, args.frame_size)
+        video = render_clip(style, np.random.default_rng(args.seed), args.frames, args.frame_size)
+        video = jnp.asarray(video.astype(np.float32) / 255.0)  # [T, S, S, 3], on the device
     blocks = schedule.blocks(args.frames)
     render = args.render
 
@@ -835,10 +874,13 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "realtime",
         "dataset": args.dataset,
-        "config_variant": args.config_variant or "official",
+        "config_variant": "from --fomm" if args.fomm else (args.config_variant or "official"),
         "frame_size": args.frame_size,
         "model": args.model,
-        "forecaster_sizes": "tiny" if args.tiny else ("authors" if args.model in AUTHORS_SIZES else "defaults"),
+        "forecaster_sizes": ("trained" if args.forecaster else
+                             "tiny" if args.tiny else ("authors" if args.model in AUTHORS_SIZES else "defaults")),
+        "weights": {"fomm": args.fomm or "random", "forecaster": args.forecaster or "random"},
+        "video": args.video or "generated",
         "schedule": str(schedule),
         "frames": args.frames,
         "render": render,
@@ -847,7 +889,8 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
         "dtypes": per_dtype,
         "bitrate": paper_bitrate(dim, schedule),
         "reference": REALTIME_REFERENCE,
-        "comparable": args.config_variant == "" and args.frame_size == 256 and render == "frame" and not args.tiny,
+        "comparable": (args.config_variant == "" and not args.fomm and args.frame_size == 256 and render == "frame"
+                       and not args.tiny and not args.forecaster),
         "fps_over_reference": fp32 / REALTIME_REFERENCE["fps"],
         "device_kind": env["device_kind"],
         "environment": env,
@@ -856,9 +899,11 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_realtime(r: dict[str, Any]) -> str:
     env, ref, bit = r["environment"], r["reference"], r["bitrate"]
+    w = r["weights"]["fomm"]
+    fomm = f"{r['dataset']} {r['config_variant']} (random weights)" if w == "random" else w
     lines = [
-        (f"realtime: FOMM {r['dataset']} {r['config_variant']} at {r['frame_size']}x{r['frame_size']} + "
-         f"{r['model']} ({r['forecaster_sizes']} sizes), {r['frames']} frames in {r['schedule']} blocks, "
+        (f"realtime: FOMM {fomm} at {r['frame_size']}x{r['frame_size']} + "
+         f"{r['model']} ({r['forecaster_sizes']} sizes), {r['frames']} {r['video']} frames in {r['schedule']} blocks, "
          f"batch 1, rendering per {r['render'].replace('_', ' ')}"
          f"{', source encoded once' if r.get('source_cache') else ', source encoded per call'}, median of {r['repeats']}"),
         f"  backend {env['backend']} ({env['device_kind']}), jax {env['jax']}",

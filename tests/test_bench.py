@@ -170,3 +170,27 @@ def test_realtime_bad_arguments():
         bench.main(["realtime", "--frames", "5", "--config_variant", "tiny", "--tiny"])
     args = bench.build_parser().parse_args(["realtime"])
     assert (args.horizon, args.frames, args.render, args.frame_size) == ("6-6", 36, "frame", 256)
+
+
+def test_realtime_with_a_saved_fomm_and_a_real_video(tmp_path):
+    """--fomm and --video replace the random weights and the generated clip; bad paths are one line."""
+    from configs.fomm_common import fomm_config
+    from kpflow.data.synthetic_video import make_synthetic_videos
+    from kpflow.fomm.model import random_fomm, save_model
+
+    config = fomm_config("vox", "tiny")
+    config.data.frame_shape = (32, 32, 3)
+    fomm = random_fomm(config, seed=1)
+    save_model(str(tmp_path / "fomm"), config, fomm.variables)
+    video = make_synthetic_videos(tmp_path / "videos", num_train=0, num_test=1, num_frames=14, size=32, fmt="mp4")["test"][0]
+    r = bench.main(["realtime", "--fomm", str(tmp_path / "fomm"), "--video", str(video), "--tiny", "--frames", "12",
+                    "--repeats", "1", "--frame_size", "256"])
+    assert r["frame_size"] == 32 and r["config_variant"] == "from --fomm"  # the FOMM's size wins
+    assert r["weights"] == {"fomm": str(tmp_path / "fomm"), "forecaster": "random"} and r["video"] == str(video)
+    assert r["dtypes"]["float32"]["fps"] > 0 and r["comparable"] is False
+    with pytest.raises(SystemExit, match="has 14 frames; --frames is 36"):
+        bench.main(["realtime", "--fomm", str(tmp_path / "fomm"), "--video", str(video), "--tiny"])
+    with pytest.raises(SystemExit, match="cannot load --forecaster"):
+        bench.main(["realtime", "--fomm", str(tmp_path / "fomm"), "--forecaster", str(tmp_path / "nope"), "--tiny"])
+    with pytest.raises(SystemExit, match="cannot load --fomm"):
+        bench.main(["realtime", "--fomm", str(tmp_path / "nope"), "--tiny"])
