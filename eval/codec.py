@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit_dir", default="",
                    help="clips to fit the codec's models on: .npz keypoints, or videos with --videos (default: part of the clips)")
     p.add_argument("--fit_fraction", type=float, default=0.5, help="share of the clips used for fitting (default 0.5)")
+    p.add_argument("--fit_speakers", default="",
+                   help="comma-separated speakers (clip-name prefixes) whose clips fit the codec; the other speakers' are scored")
     p.add_argument("--max_clips", type=int, default=0, help="score only the first N clips (0: all)")
     p.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.04, 0.05, 0.06, 0.08, 0.1],
                    help="quantisation steps in raw keypoint units")
@@ -99,6 +102,8 @@ def check_sources(a: argparse.Namespace) -> None:
         raise UsageError("--fomm needs --videos PATH: the clips it renders, whose keypoints its own detector finds")
     if a.videos and not a.fomm:
         raise UsageError("--videos needs --fomm DIR: its detector finds the keypoints, its generator renders them")
+    if a.fit_dir and a.fit_speakers:
+        raise UsageError("give --fit_dir (separate fitting clips) or --fit_speakers (fitting speakers of the same folder), not both")
     if not a.data_dir and not a.videos:
         raise UsageError("give --data_dir (a folder of .npz keypoint clips) or --videos PATH with --fomm DIR")
 
@@ -107,9 +112,22 @@ def check_sources(a: argparse.Namespace) -> None:
 
 
 def split_clips(names: list[str], a: argparse.Namespace, source: str) -> tuple[list[str], list[str]]:
-    """(fitting, scored) clip names: all scored with ``--fit_dir``, else the first ``--fit_fraction`` fit."""
+    """(fitting, scored) clip names: all scored with ``--fit_dir``; with ``--fit_speakers`` those
+    speakers' clips fit and every other speaker's are scored; else the first ``--fit_fraction`` fit."""
+    from kpflow.data.clips import speaker_of
+
     if a.fit_dir:
         fit, scored = [], names
+    elif a.fit_speakers:
+        wanted = set(a.fit_speakers.split(","))
+        speakers = {speaker_of(os.path.basename(n)) for n in names}
+        if not wanted <= speakers:
+            raise UsageError(f"--fit_speakers {sorted(wanted - speakers)} have no clips in {source}; "
+                             f"speakers there: {sorted(speakers)}")
+        fit = [n for n in names if speaker_of(os.path.basename(n)) in wanted]
+        scored = [n for n in names if speaker_of(os.path.basename(n)) not in wanted]
+        if not scored:
+            raise UsageError(f"--fit_speakers leaves no clip of {source} to score")
     else:
         if len(names) < 2:
             raise UsageError(f"{source} holds {len(names)} clip(s); need two (fit and score) or --fit_dir")

@@ -205,6 +205,31 @@ def test_eval_codec_cli_writes_the_rate_distortion_points(tmp_path, capsys):
     assert "papers' 6 sent + 6 held" in capsys.readouterr().out
 
 
+def test_eval_codec_fit_speakers_splits_by_speaker(tmp_path, capsys):
+    from eval import codec as eval_codec
+    from kpflow.data.clips import save_clip, speaker_of
+    from kpflow.keypoints import vector_to_keypoints
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    names = []
+    for name, series in synthetic_clips(num_clips=4, num_speakers=2, seed=2).items():
+        save_clip(str(data / f"{name}.npz"), *vector_to_keypoints(series))
+        names.append(name)
+    speakers = sorted({speaker_of(n) for n in names})
+    args = eval_codec.parse_args(["--data_dir", str(data), "--out", str(tmp_path / "x.json"), "--fit_speakers", speakers[0]])
+    fit, scored = eval_codec.split_clips(sorted(names), args, str(data))
+    assert fit and scored and {speaker_of(n) for n in fit} == {speakers[0]}
+    assert speakers[0] not in {speaker_of(n) for n in scored}  # no speaker on both sides
+    out = ["--out", str(tmp_path / "y.json")]
+    assert eval_codec.main(["--data_dir", str(data), "--fit_speakers", "nobody", *out]) == 2
+    assert "nobody" in one_line_error(capsys)
+    assert eval_codec.main(["--data_dir", str(data), "--fit_speakers", ",".join(speakers), *out]) == 2
+    assert "no clip" in one_line_error(capsys)
+    assert eval_codec.main(["--data_dir", str(data), "--fit_dir", str(data), "--fit_speakers", speakers[0], *out]) == 2
+    assert "not both" in one_line_error(capsys)
+
+
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
