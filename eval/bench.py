@@ -432,18 +432,23 @@ def format_fomm(r: dict[str, Any]) -> str:
 
 
 # -- the whole system ------------------------------------------------------------------------------
-def _add_pipeline(sub) -> None:
-    p = sub.add_parser(
-        "pipeline",
-        help="end to end: S sampled futures of one N-M block forecast and rendered (kpflow.pipeline)",
-        description=bench_pipeline.__doc__,
-    )
+def _add_system_args(p) -> None:
+    """The FOMM and forecaster options of the whole-system benchmarks."""
     p.add_argument("--dataset", default="vox", help="FOMM config dataset (default vox)")
     p.add_argument("--config_variant", default="", choices=("", "tiny"),
                    help="'' for the official FOMM config (default), 'tiny' for a quick run")
     p.add_argument("--frame_size", type=int, default=256, help="frame height and width (default 256)")
     p.add_argument("--model", default="vrnn", help="forecaster (default vrnn, the authors' sizes)")
     p.add_argument("--tiny", action="store_true", help="tiny forecaster sizes")
+
+
+def _add_pipeline(sub) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="end to end: S sampled futures of one N-M block forecast and rendered (kpflow.pipeline)",
+        description=bench_pipeline.__doc__,
+    )
+    _add_system_args(p)
     p.add_argument("--samples", type=int, default=100, help="sampled futures (default 100)")
     p.add_argument("--horizon", default="12-12", help="N-M (default 12-12: 24 frames, 12 forecast)")
     p.add_argument("--chunk_size", type=int, default=16, help="frames per compiled rendering call (default 16)")
@@ -571,12 +576,7 @@ def _add_realtime(sub) -> None:
         description=bench_realtime.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", default="vox", help="FOMM config dataset (default vox)")
-    p.add_argument("--config_variant", default="", choices=("", "tiny"),
-                   help="'' for the official FOMM config (default), 'tiny' for a quick run")
-    p.add_argument("--frame_size", type=int, default=256, help="frame height and width (default 256)")
-    p.add_argument("--model", default="vrnn", help="forecaster (default vrnn, the authors' sizes)")
-    p.add_argument("--tiny", action="store_true", help="tiny forecaster sizes")
+    _add_system_args(p)
     p.add_argument("--horizon", default="6-6", help="N-M block (default 6-6, the paper's)")
     p.add_argument("--frames", type=int, default=36, help="clip length (default 36, the paper's)")
     p.add_argument("--render", default="frame", choices=RENDER_MODES,

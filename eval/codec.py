@@ -152,17 +152,10 @@ def keypoint_clips(a: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
 
 def video_list(path: str, flag: str, split: str) -> list[Path]:
     """The videos of ``path``: a folder (its ``split``/ in a FOMM layout) or one video."""
-    from kpflow.data.videos import NoVideosError, list_videos
+    from kpflow.data.videos import NoVideosError, resolve_videos
 
-    root = Path(path)
-    if not root.exists():
-        raise UsageError(f"{flag} {path!r} does not exist")
-    if root.is_dir() and (root / split).is_dir():
-        root = root / split
-    if root.is_file():
-        return [root]
     try:
-        return list_videos(root)
+        return resolve_videos(path, split, flag)
     except NoVideosError as e:
         raise UsageError(str(e)) from None
 

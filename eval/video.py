@@ -175,17 +175,10 @@ def load_models(workdirs: Sequence[str], which: str, num_observed: int, horizon:
 
 
 def video_paths(videos: str) -> list[Path]:
-    from kpflow.data.videos import NoVideosError, list_videos
+    from kpflow.data.videos import NoVideosError, resolve_videos
 
-    root = Path(videos)
-    if not root.exists():
-        raise UsageError(f"--videos {videos!r} does not exist")
-    if root.is_dir() and (root / "test").is_dir():
-        root = root / "test"
-    if root.is_file():
-        return [root]
     try:
-        return list_videos(root)
+        return resolve_videos(videos, "test", "--videos")
     except NoVideosError as e:
         raise UsageError(str(e)) from None
 

@@ -429,3 +429,17 @@ def test_real_vox_videos_read_at_256(shared_dir):
     assert frames.std() > 0.05
     pair = ds.sample_pair(0, np.random.default_rng(0))
     assert pair["source"].shape == (256, 256, 3)
+
+
+def test_resolve_videos_reads_one_video_a_folder_or_a_layouts_split(tmp_path):
+    from kpflow.data.videos import NoVideosError, resolve_videos
+
+    paths = make_synthetic_videos(tmp_path / "root", num_train=1, num_test=2, num_frames=4, size=16, fmt="gif")
+    assert resolve_videos(tmp_path / "root") == sorted(paths["test"])
+    assert resolve_videos(tmp_path / "root", "train") == paths["train"]
+    assert resolve_videos(paths["test"][0]) == [paths["test"][0]]
+    with pytest.raises(NoVideosError, match="--videos '.*nope' does not exist"):
+        resolve_videos(tmp_path / "nope", flag="--videos")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoVideosError, match="no videos"):
+        resolve_videos(tmp_path / "empty")

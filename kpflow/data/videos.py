@@ -242,6 +242,23 @@ def list_videos(root: str | os.PathLike) -> list[Path]:
     return videos
 
 
+def resolve_videos(path: str | os.PathLike, split: str = "test", flag: str = "video path") -> list[Path]:
+    """The videos a command-line path names: one video, a folder of videos, or the ``split``/
+    folder of a FOMM layout (``root/train``, ``root/test``).
+
+    Raises:
+      NoVideosError: one line, when ``path`` does not exist (naming it as ``flag``) or holds no videos.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NoVideosError(f"{flag} {str(path)!r} does not exist")
+    if root.is_dir() and (root / split).is_dir():
+        root = root / split
+    if root.is_file():
+        return [root]
+    return list_videos(root)
+
+
 def video_name(path: str | os.PathLike) -> str:
     """A video's clip name: the file name without its extension (a frame folder's own name)."""
     path = Path(path)
