@@ -763,7 +763,7 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
             return nets.kp_detector.apply(v, frame).to_vector()[0]
 
         @jax.jit
-        def forecast(sent, rng, block):  # N vectors [D] -> M forecast vectors [M, D]
+        def forecast_block(sent, rng, block):  # N vectors [D] -> M forecast vectors [M, D]
             key = jax.random.fold_in(rng, block)
             return f.sample(variables, jnp.stack(sent)[None], schedule.horizon, key, 1)[0, 0]
 
@@ -780,7 +780,7 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
             cached = None if features is None else batch(features)
             return nets.generator.apply(v, batch(source), kp_s, kp_d, source_features=cached)["prediction"]
 
-        return detect, forecast, encode, generate
+        return detect, forecast_block, encode, generate
 
     def stream(fomm: FOMM, fns, timed: dict[str, float] | None):
         """One pass over the clip; adds each stage's seconds to ``timed``; returns frames and keypoints."""
@@ -796,7 +796,7 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
 
         source = video[:1]
         kp_source = clock("extraction", fomm._detect, det_vars, source)
-        # Once per stream: the receiver keeps its source's encoding (``--no_source_cache``: per frame).
+        # Once per stream: the receiver keeps its source's encoding (``--no-source_cache``: per call).
         features = clock("generation", encode, gen_vars, source) if args.source_cache else None
         generate = lambda v, src, kp_s, vectors: generate_fn(v, src, features, kp_s, vectors)
         frames, kps = [], []
