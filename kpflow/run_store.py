@@ -55,8 +55,9 @@ def abstract_like(tree: Any, sharding=None) -> Any:
 class CheckpointStore:
     """The two orbax managers of a run directory: the latest ``keep`` states and the best one.
 
-    Saves are asynchronous: :meth:`save` returns while orbax writes in the background, and every
-    later save (and :meth:`close`) first waits for the previous one. Always ``close()`` (or use it as
+    Saves are asynchronous in a single process: :meth:`save` returns while orbax writes in the
+    background, and every later save (and :meth:`close`) first waits for the previous one. In a
+    multi-process job they are synchronous (see ``_manager``). Always ``close()`` (or use it as
     a context manager) before the process exits, or the last checkpoint may be incomplete.
     """
 
@@ -78,7 +79,13 @@ class CheckpointStore:
             if self.read_only:  # the settings orbax would otherwise override, with a warning each
                 options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
             else:
-                options = ocp.CheckpointManagerOptions(max_to_keep=self.keep if which == "latest" else 1, create=True)
+                # Several processes: synchronous saves. The two managers' asynchronous finalisations
+                # each run coordination-service barriers under the same key, and when they overlap one
+                # process fails ("Barrier ... is already ongoing") while the other waits for ever.
+                options = ocp.CheckpointManagerOptions(
+                    max_to_keep=self.keep if which == "latest" else 1, create=True,
+                    enable_async_checkpointing=jax.process_count() == 1,
+                )
             verbosity = absl_logging.get_verbosity()
             if self.read_only:  # orbax warns that a read-only directory is read-only
                 absl_logging.set_verbosity(absl_logging.ERROR)
