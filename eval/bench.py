@@ -148,6 +148,9 @@ def _add_forecast(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_loop", action="store_true", help="skip the Python loop over samples")
     p.add_argument("--skip_eager", action="store_true", help="skip the un-jitted (op-by-op) call")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma-separated matmul dtypes timed side by side, float32 first, e.g. float32,bfloat16 "
+                        "(bfloat16 products with float32 accumulation; models with a matmul_dtype field)")
     p.set_defaults(run=bench_forecast)
 
 
@@ -173,11 +176,17 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
         n, m = parse_horizon(args.horizon)
     except ValueError as e:
         raise SystemExit(f"eval.bench forecast: {e}") from None
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or dtypes[0] != "float32" or set(dtypes) - {"float32", "bfloat16"}:
+        raise SystemExit(f"eval.bench forecast: --dtypes must start with float32 and name float32 / bfloat16; "
+                         f"got {args.dtypes!r}")
     hparams = model_hparams(args.model, args.tiny, args.overrides)
     try:
         forecaster = forecast.create(args.model, dim=args.dim, num_observed=n, horizon=m, **hparams)
     except (ValueError, ImportError) as e:
         raise SystemExit(f"eval.bench forecast: cannot build {args.model!r}: {e}") from None
+    if len(dtypes) > 1 and "matmul_dtype" not in {f.name for f in dataclasses.fields(forecaster.module)}:
+        raise SystemExit(f"eval.bench forecast: {args.model} has no matmul_dtype field; use --dtypes float32")
 
     # A realistic window (synthetic head motion) and a scaler fitted on other synthetic clips.
     clips = synthetic_clips(num_clips=4, num_speakers=2, min_frames=4 * (n + m), max_frames=4 * (n + m),
@@ -215,6 +224,22 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "vmap_jit": _ms_stats(vmapped),
     }
+    if len(dtypes) > 1:
+        # Each lower precision: the same parameters and keys, timed right after float32 (same machine
+        # state), and how far its samples move from float32's, relative to the samples' own spread.
+        result["dtypes"] = {"float32": result["vmap_jit"]}
+        ref = np.asarray(out)
+        spread = float(np.mean(np.abs(ref - ref.mean(axis=0))))
+        for name in dtypes[1:]:
+            low = dataclasses.replace(forecaster, module=forecaster.module.clone(matmul_dtype=name))
+            low_all = jax.jit(lambda v, c, k, f=low: f.sample(v, c, m, k, s))
+            low_out = np.asarray(low_all(variables, context, sample_rng))
+            stats = _ms_stats(time_calls(lambda f=low_all: f(variables, context, sample_rng).block_until_ready(),
+                                         args.repeats))
+            stats["speedup_vs_float32"] = result["vmap_jit"]["median_ms"] / stats["median_ms"]
+            stats["sample_mae_vs_float32"] = float(np.mean(np.abs(low_out - ref)))
+            stats["relative_to_sample_spread"] = stats["sample_mae_vs_float32"] / spread if spread > 0 else None
+            result["dtypes"][name] = stats
     if not args.skip_loop:
         keys = list(jax.random.split(sample_rng, s))  # made outside the timed region
 
@@ -237,6 +262,8 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
     comparable = (s, n, m) == (REFERENCE["samples"], REFERENCE["num_observed"], REFERENCE["horizon"])
     result["reference"] = dict(REFERENCE, comparable=comparable)
     result["speedup_vs_reference"] = REFERENCE["ms"] / result["vmap_jit"]["median_ms"] if comparable else None
+    for stats in result.get("dtypes", {}).values():
+        stats["speedup_vs_reference"] = REFERENCE["ms"] / stats["median_ms"] if comparable else None
     if "python_loop" in result:
         result["loop_speedup_vs_reference"] = (
             REFERENCE["ms"] / result["python_loop"]["median_ms"] if comparable else None
@@ -263,6 +290,13 @@ def format_forecast(r: dict[str, Any]) -> str:
         ),
         f"  vmap + jit (one call):      {r['vmap_jit']['median_ms']:9.3f} ms",
     ]
+    for name, d in r.get("dtypes", {}).items():
+        if name == "float32":
+            continue
+        ref = f", {d['speedup_vs_reference']:.1f}x the authors'" if d.get("speedup_vs_reference") else ""
+        lines.append(f"  vmap + jit, {name} matmuls: {d['median_ms']:8.3f} ms   ({d['speedup_vs_float32']:.2f}x "
+                     f"float32{ref}; samples move {d['sample_mae_vs_float32']:.2e} from float32's = "
+                     f"{d['relative_to_sample_spread']:.1e} of their spread)")
     if "python_loop" in r:
         lines.append(f"  Python loop over samples:  {r['python_loop']['median_ms']:9.3f} ms"
                      f"   ({r['loop_over_vmap']:.1f}x the vmap-ed call)")

@@ -58,7 +58,23 @@ def test_forecast_tiny_vrnn(tmp_path):
     assert json.loads((tmp_path / "v.json").read_text())["hparams"]["latent"] == 4
 
 
+def test_forecast_bfloat16_matmuls_side_by_side(tmp_path, capsys):
+    r = bench.main(["forecast", "--tiny", "--repeats", "1", "--samples", "8", "--horizon", "3-2", "--skip_loop",
+                    "--skip_eager", "--dtypes", "float32,bfloat16", "--out", str(tmp_path / "d.json")])
+    low = r["dtypes"]["bfloat16"]
+    assert r["dtypes"]["float32"] == r["vmap_jit"]
+    assert low["median_ms"] > 0
+    assert low["speedup_vs_float32"] == pytest.approx(r["vmap_jit"]["median_ms"] / low["median_ms"])
+    # bf16 products move the samples, but far less than the samples' own spread.
+    assert 0 < low["relative_to_sample_spread"] < 0.05
+    assert "bfloat16 matmuls" in capsys.readouterr().out
+
+
 def test_bad_arguments_exit_with_a_message():
+    with pytest.raises(SystemExit, match="--dtypes must start with float32"):
+        bench.main(["forecast", "--tiny", "--dtypes", "bfloat16"])
+    with pytest.raises(SystemExit, match="no matmul_dtype"):
+        bench.main(["forecast", "--model", "hold_last", "--dtypes", "float32,bfloat16"])
     with pytest.raises(SystemExit, match="horizon"):
         bench.main(["forecast", "--model", "hold_last", "--horizon", "12"])
     with pytest.raises(SystemExit, match="unknown forecaster"):

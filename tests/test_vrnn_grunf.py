@@ -55,6 +55,12 @@ CONFIGS = {
             "decoder_hidden": 16,
         },
     ),
+    # The authors' layout: raw features and z into the GRU and decoder (no phi_x / phi_z).
+    "vrnn_raw": (
+        "vrnn",
+        {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
+         "embed_inputs": False},
+    ),
     "grunf": ("grunf", {"hidden": 16, "num_blocks": 2, "flow_hidden": 16, "flow_layers": 1}),
 }
 MODELS = list(CONFIGS)
@@ -381,3 +387,11 @@ def test_context_step_scale_negative_prior_uses_dataset_scale():
     step_scale = jnp.array([0.5, 1.0, 2.0, 4.0])
     np.testing.assert_allclose(context_step_scale(context, step_scale, -1.0), jnp.broadcast_to(step_scale, (3, 4)))
     assert not np.allclose(context_step_scale(context, step_scale, 4.0), jnp.broadcast_to(step_scale, (3, 4)))
+
+
+def test_vrnn_without_embeddings_feeds_raw_features_and_z_to_the_gru():
+    raw, embedded = _trained("vrnn_raw").initial["params"], _trained("vrnn").initial["params"]
+    assert "phi_x" not in raw and "phi_z" not in raw and "phi_x" in embedded
+    latent = CONFIGS["vrnn_raw"][1]["latent"]
+    assert raw["gru"]["ir"]["kernel"].shape[0] == 2 * D + latent  # [relative frame, step] and z
+    assert embedded["gru"]["ir"]["kernel"].shape[0] == 2 * CONFIGS["vrnn"][1]["hidden"]
