@@ -61,6 +61,13 @@ CONFIGS = {
         {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
          "embed_inputs": False},
     ),
+    # The :cpu long-horizon sampler: reflection-equivariant, persistent latent, deterministic decoder.
+    "vrnn_eq": (
+        "vrnn",
+        {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
+         "equivariant": True, "latent_persistence": 0.9, "fresh_forecast_latent": True,
+         "decoder_temperature": 0.0},
+    ),
     "grunf": ("grunf", {"hidden": 16, "num_blocks": 2, "flow_hidden": 16, "flow_layers": 1}),
 }
 MODELS = list(CONFIGS)
@@ -395,3 +402,50 @@ def test_vrnn_without_embeddings_feeds_raw_features_and_z_to_the_gru():
     latent = CONFIGS["vrnn_raw"][1]["latent"]
     assert raw["gru"]["ir"]["kernel"].shape[0] == 2 * D + latent  # [relative frame, step] and z
     assert embedded["gru"]["ir"]["kernel"].shape[0] == 2 * CONFIGS["vrnn"][1]["hidden"]
+
+
+def test_equivariant_vrnn_pieces_commute_with_reflection():
+    """Reflecting a window (x -> 2 x_0 - x) negates every step; the equivariant VRNN's pieces must
+    follow exactly: zero prior mean, odd posterior and decoder means with even stds, an invariant
+    state. Together they make the sample distribution of a reflected context the reflected one."""
+    t = _trained("vrnn_eq")
+    mod, v = t.forecaster.module, {"params": t.final["params"]}
+    r = np.random.default_rng(0)
+    h = jnp.asarray(r.normal(size=(B, 16)), jnp.float32)
+    z = jnp.asarray(r.normal(size=(B, 4)), jnp.float32)
+    last = jnp.asarray(r.normal(size=(B, D)), jnp.float32)
+    anchor, prev, frame = (jnp.asarray(r.normal(size=(B, D)), jnp.float32) for _ in range(3))
+    scale = jnp.ones((B, D))
+    reflect = lambda x: 2 * anchor - x
+
+    mp, _, _, _ = mod.apply(v, h, jnp.zeros((B, 4)), method=lambda m, h, e: m._prior(h, e))
+    np.testing.assert_array_equal(mp, 0.0)
+    m1, s1 = mod.apply(v, h, frame, prev, anchor, scale, method=lambda m, *a: m._posterior(*a))
+    m2, s2 = mod.apply(v, h, reflect(frame), reflect(prev), anchor, scale, method=lambda m, *a: m._posterior(*a))
+    np.testing.assert_allclose(m2, -m1, atol=1e-6)
+    np.testing.assert_allclose(s2, s1, atol=1e-6)
+    _, d1, e1 = mod.apply(v, h, z, last, method=lambda m, *a: m._decode(*a))
+    _, d2, e2 = mod.apply(v, h, -z, -last, method=lambda m, *a: m._decode(*a))
+    np.testing.assert_allclose(d2, -d1, atol=1e-6)
+    np.testing.assert_allclose(e2, e1, atol=1e-6)
+
+    def advance(m, frame, prev, z, last):
+        dz, _, _ = m._decode(h, z, last)
+        return m._advance(h, frame, prev, dz, z, z, anchor, scale, last)[0]
+
+    h1 = mod.apply(v, frame, prev, z, last, method=advance)
+    h2 = mod.apply(v, reflect(frame), reflect(prev), -z, -last, method=advance)
+    np.testing.assert_allclose(h2, h1, atol=1e-6)
+
+
+def test_latent_persistence_keeps_the_marginal_prior():
+    t = _trained("vrnn_eq")
+    mod, v = t.forecaster.module, {"params": t.final["params"]}
+    h = jnp.asarray(np.random.default_rng(1).normal(size=(B, 16)), jnp.float32)
+    eps = jnp.full((B, 4), 2.0)
+    mean, std, m0, s0 = mod.apply(v, h, eps, method=lambda m, h, e: m._prior(h, e))
+    rho = CONFIGS["vrnn_eq"][1]["latent_persistence"]
+    np.testing.assert_allclose(mean, m0 + rho * s0 * eps, rtol=1e-6)
+    np.testing.assert_allclose(std, s0 * np.sqrt(1 - rho**2), rtol=1e-6)
+    # AR(1) with these moments: if eps_{t-1} ~ N(0, 1) then z_t ~ N(m0, s0), the plain VRNN's prior.
+    assert rho**2 + (std / s0) ** 2 == pytest.approx(np.ones_like(std), rel=1e-6)

@@ -16,6 +16,21 @@ trained by the step-wise ELBO (eq. 10). Three choices make it forecast new speak
   in the window's own context volatility (causal; :func:`~kpflow.forecast.base.context_step_scale`);
 - ``momentum``: a learned per-dimension multiple of the last step is added to the mean step.
 
+Two options shape the samples for long horizons (both on in the ``:cpu`` config):
+
+- ``equivariant``: the model is exactly equivariant to reflecting a window through its first frame
+  (``x -> 2 x_0 - x``, head motion has no preferred direction). The prior's mean is zero, the
+  posterior's mean and the decoder's mean are odd (in the frame's features and in z), their stds
+  even, and the state sees only reflection-invariant inputs. The direction of motion then reaches
+  the forecast through ``momentum`` alone. Without this, a drift learned from the two training
+  speakers (whose motion persists) leaks into the state through z and overshoots on held-out
+  speakers: at 12-12 the mean of the samples was 4-10% worse than hold-last.
+- ``latent_persistence`` rho: the prior's standardised noise is AR(1) across steps, so a sampled
+  z drives a whole stretch of coherent motion instead of fresh jitter every frame; each step's
+  marginal is still N(mu_p, sigma_p), and the KL uses this conditional prior. With a deterministic
+  decoder (``decoder_temperature=0``) every sample is then a low-dimensional, smooth path: the best
+  of 100 such paths lies much closer to the truth than the best of 100 random walks.
+
 Sampling has two phases, each an ``nn.scan`` over submodules shared with training: ``encode`` runs
 the posterior over the observed frames once per window; ``rollout`` draws z from the prior and feeds
 the model's own outputs back (closed loop), and is ``vmap``-ed over sample keys by the wrapper. The
@@ -77,6 +92,12 @@ class VRNNForecaster(ForecastModule):
       embed_inputs: True (Chung et al.): x and z pass through the ``hidden``-wide embeddings
         phi_x, phi_z before the GRU and the decoder; False (the authors' code): the raw features and
         z go in, which makes the GRU's input product ~3.7x narrower at the authors' sizes.
+      equivariant: exact reflection equivariance (see the module docstring); it also feeds the
+        state the reflection-invariant products step_t * step_{t-1}.
+      latent_persistence: AR(1) coefficient of the prior's standardised noise across steps (0:
+        Chung et al.'s independent steps).
+      fresh_forecast_latent: start the forecast's latent chain from its stationary N(0, 1) instead
+        of the context's last (signed) latent, so no direction carries over through z.
       matmul_dtype: ``"bfloat16"`` multiplies matrices in bfloat16 with float32 accumulation
         (:mod:`kpflow.forecast.cells`); None: float32 throughout. Parameters are float32 either way,
         so a model trained in one runs in the other.
@@ -98,6 +119,9 @@ class VRNNForecaster(ForecastModule):
     sign_invariant: bool = False
     matmul_dtype: str | None = None
     embed_inputs: bool = True
+    latent_persistence: float = 0.0
+    fresh_forecast_latent: bool = False
+    equivariant: bool = False
 
     supports_teacher_forcing = True
     two_phase_sampling = True
@@ -122,15 +146,27 @@ class VRNNForecaster(ForecastModule):
         """``[B, D]`` step scale of each window (see ``context_step_scale``)."""
         return context_step_scale(context, step_scale, self.adaptive_scale)
 
-    def _features(self, frame, prev, anchor, scale, magnitudes: bool = False):
-        feats = jnp.concatenate([(frame - anchor) / scale, (frame - prev) / scale], -1)
+    def _features(self, frame, prev, anchor, scale, magnitudes: bool = False, sign: float = 1.0):
+        feats = sign * jnp.concatenate([(frame - anchor) / scale, (frame - prev) / scale], -1)
         feats = jnp.abs(feats) if magnitudes else feats
         return nn.relu(self.phi_x(feats)) if self.embed_inputs else feats
 
+    def _posterior(self, h, frame, prev, anchor, scale):
+        if not self.equivariant:
+            return self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
+        # Odd mean, even std: reflecting the window reflects the posterior.
+        m1, s1 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
+        m2, s2 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale, sign=-1.0)], -1))
+        return 0.5 * (m1 - m2), 0.5 * (s1 + s2)
+
     def _decode(self, h, z, last_step):
         """-> (dz features, mean step, std of step)."""
-        dz = nn.relu(self.phi_z(z)) if self.embed_inputs else z
+        embed = lambda v: nn.relu(self.phi_z(v)) if self.embed_inputs else v
+        dz = embed(z)
         mean, std = self.decoder(jnp.concatenate([h, dz], -1))
+        if self.equivariant:  # odd in z: the prior is symmetric, so the mean step is the momentum's alone
+            mean2, std2 = self.decoder(jnp.concatenate([h, embed(-z)], -1))
+            mean, std = 0.5 * (mean - mean2), 0.5 * (std + std2)
         if self.momentum and self.residual:
             mean = mean + self.rho * last_step
         return dz, mean, std
@@ -138,27 +174,47 @@ class VRNNForecaster(ForecastModule):
     def _to_frame(self, prev, head, scale):
         return prev + head * scale if self.residual else head
 
-    def _advance(self, h, frame, prev, dz, anchor, scale):
-        """Feed ``frame`` -> new carry ``(h, frame, step)``."""
-        fx = self._features(frame, prev, anchor, scale, magnitudes=self.sign_invariant)
-        h, _ = self.gru(h, jnp.concatenate([fx, dz], -1))
-        return (h, frame, (frame - prev) / scale)
+    def _advance(self, h, frame, prev, dz, z, eps, anchor, scale, last_step):
+        """Feed ``frame`` -> new carry ``(h, frame, step, eps)``."""
+        fx = self._features(frame, prev, anchor, scale, magnitudes=self.sign_invariant or self.equivariant)
+        inputs = [fx, dz]
+        if self.equivariant:
+            # Only reflection-invariant inputs reach the state: |z|, and step_t * step_{t-1}, whose
+            # sign tells persistent motion from jitter (speakers differ: lag-1 autocorrelation of the
+            # steps is 0.13 for one held-out speaker, ~0.5 for the training ones).
+            inputs[1] = nn.relu(self.phi_z(jnp.abs(z))) if self.embed_inputs else jnp.abs(z)
+            inputs.append(jnp.tanh((frame - prev) / scale * last_step))
+        h, _ = self.gru(h, jnp.concatenate(inputs, -1))
+        return (h, frame, (frame - prev) / scale, eps)
+
+    def _prior(self, h, eps_prev):
+        """-> (mean, std) of ``z_t`` given ``h_{t-1}`` and the previous standardised latent, and the
+        marginal (mean, std). With ``latent_persistence`` rho the standardised latent is AR(1):
+        ``z_t = mu + sigma (rho eps_{t-1} + sqrt(1 - rho^2) eta)``; each step's marginal is Chung et al.'s
+        N(mu, sigma)."""
+        mp, sp = self.prior(h)
+        if self.equivariant:
+            mp = jnp.zeros_like(mp)
+        rho = self.latent_persistence
+        if rho == 0:
+            return mp, sp, mp, sp
+        return mp + rho * sp * eps_prev, sp * jnp.sqrt(1.0 - rho**2), mp, sp
 
     def _observe_step(self, carry, frame, anchor, scale):
         """Posterior step on a known ``frame`` -> carry, (nll [B], kl [B])."""
-        h, prev, last_step = carry
-        mp, sp = self.prior(h)
-        mq, sq = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
+        h, prev, last_step, eps_prev = carry
+        mp, sp, mp0, sp0 = self._prior(h, eps_prev)
+        mq, sq = self._posterior(h, frame, prev, anchor, scale)
         z = mq + sq * jax.random.normal(self.make_rng("sample"), mq.shape, mq.dtype)
         dz, mean, std = self._decode(h, z, last_step)
         target = (frame - prev) / scale if self.residual else frame
         nll, kl = jnp.sum(gaussian_nll(target, mean, std), axis=-1), gaussian_kl(mq, sq, mp, sp)
-        return self._advance(h, frame, prev, dz, anchor, scale), (nll, kl)
+        return self._advance(h, frame, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), (nll, kl)
 
     def _forecast_step(self, carry, truth, anchor, scale):
         """Prior step: predict a frame; feed it back (closed loop) or feed ``truth`` (teacher forcing)."""
-        h, prev, last_step = carry
-        mp, sp = self.prior(h)
+        h, prev, last_step, eps_prev = carry
+        mp, sp, mp0, sp0 = self._prior(h, eps_prev)
         z = mp + sp * jax.random.normal(self.make_rng("sample"), mp.shape, mp.dtype)
         dz, mean, std = self._decode(h, z, last_step)
         head = mean
@@ -167,7 +223,7 @@ class VRNNForecaster(ForecastModule):
             head = mean + self.decoder_temperature * std * eps
         frame = self._to_frame(prev, head, scale)
         fed = frame if truth is None else truth
-        return self._advance(h, fed, prev, dz, anchor, scale), frame
+        return self._advance(h, fed, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), frame
 
     # -- scans ----------------------------------------------------------------------------------
     def _scan(self, body, carry, xs, length=None):
@@ -177,7 +233,11 @@ class VRNNForecaster(ForecastModule):
 
     def _observe(self, frames, anchor, scale):
         """Posterior pass over known ``frames [B, T, D]`` -> final carry, (nll, kl) ``[B, T]``."""
-        carry = (jnp.zeros((frames.shape[0], self.hidden), frames.dtype), frames[:, 0], jnp.zeros_like(frames[:, 0]))
+        b = frames.shape[0]
+        # The standardised latent before the first frame: a draw from its stationary N(0, 1).
+        eps = (jax.random.normal(self.make_rng("sample"), (b, self.latent), frames.dtype)
+               if self.latent_persistence > 0 else jnp.zeros((b, self.latent), frames.dtype))
+        carry = (jnp.zeros((b, self.hidden), frames.dtype), frames[:, 0], jnp.zeros_like(frames[:, 0]), eps)
         return self._scan(lambda m, c, f: m._observe_step(c, f, anchor, scale), carry, frames)
 
     # -- interface ------------------------------------------------------------------------------
@@ -208,13 +268,17 @@ class VRNNForecaster(ForecastModule):
 
     def rollout(self, state, horizon, step_scale, truth=None):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with ``truth``)."""
-        anchor, scale = state["anchor"], state["scale"]
+        anchor, scale, carry = state["anchor"], state["scale"], state["carry"]
+        if self.fresh_forecast_latent and self.latent_persistence > 0:
+            # The forecast's latent starts from its stationary law, not from the context's last one.
+            eps = carry[3]
+            carry = carry[:3] + (jax.random.normal(self.make_rng("sample"), eps.shape, eps.dtype),)
         if truth is None:
             body = lambda m, c, _: m._forecast_step(c, None, anchor, scale)
-            _, frames = self._scan(body, state["carry"], None, length=horizon)
+            _, frames = self._scan(body, carry, None, length=horizon)
         else:
             body = lambda m, c, f: m._forecast_step(c, f, anchor, scale)
-            _, frames = self._scan(body, state["carry"], truth)
+            _, frames = self._scan(body, carry, truth)
         return frames
 
     def sample(self, context, horizon, step_scale):
