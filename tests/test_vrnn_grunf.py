@@ -59,7 +59,7 @@ CONFIGS = {
     "vrnn_raw": (
         "vrnn",
         {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
-         "embed_inputs": False},
+         "embed_inputs": False, "position_features": False},
     ),
     # The :cpu long-horizon sampler: reflection-equivariant, persistent latent, deterministic decoder.
     "vrnn_eq": (
@@ -400,7 +400,7 @@ def test_vrnn_without_embeddings_feeds_raw_features_and_z_to_the_gru():
     raw, embedded = _trained("vrnn_raw").initial["params"], _trained("vrnn").initial["params"]
     assert "phi_x" not in raw and "phi_z" not in raw and "phi_x" in embedded
     latent = CONFIGS["vrnn_raw"][1]["latent"]
-    assert raw["gru"]["ir"]["kernel"].shape[0] == 2 * D + latent  # [relative frame, step] and z
+    assert raw["gru"]["ir"]["kernel"].shape[0] == D + latent  # the step and z, as in the authors' code
     assert embedded["gru"]["ir"]["kernel"].shape[0] == 2 * CONFIGS["vrnn"][1]["hidden"]
 
 
