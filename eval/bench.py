@@ -294,9 +294,10 @@ def format_forecast(r: dict[str, Any]) -> str:
         if name == "float32":
             continue
         ref = f", {d['speedup_vs_reference']:.1f}x the authors'" if d.get("speedup_vs_reference") else ""
+        rel = d["relative_to_sample_spread"]
+        spread = f" = {rel:.1e} of their spread" if rel is not None else " (the samples do not spread)"
         lines.append(f"  vmap + jit, {name} matmuls: {d['median_ms']:8.3f} ms   ({d['speedup_vs_float32']:.2f}x "
-                     f"float32{ref}; samples move {d['sample_mae_vs_float32']:.2e} from float32's = "
-                     f"{d['relative_to_sample_spread']:.1e} of their spread)")
+                     f"float32{ref}; samples move {d['sample_mae_vs_float32']:.2e} from float32's{spread})")
     if "python_loop" in r:
         lines.append(f"  Python loop over samples:  {r['python_loop']['median_ms']:9.3f} ms"
                      f"   ({r['loop_over_vmap']:.1f}x the vmap-ed call)")
