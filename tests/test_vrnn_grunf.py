@@ -449,3 +449,9 @@ def test_latent_persistence_keeps_the_marginal_prior():
     np.testing.assert_allclose(std, s0 * np.sqrt(1 - rho**2), rtol=1e-6)
     # AR(1) with these moments: if eps_{t-1} ~ N(0, 1) then z_t ~ N(m0, s0), the plain VRNN's prior.
     assert rho**2 + (std / s0) ** 2 == pytest.approx(np.ones_like(std), rel=1e-6)
+
+
+@pytest.mark.parametrize("rho", [1.0, -0.1, 1.5])
+def test_latent_persistence_outside_0_1_is_refused(rho):
+    with pytest.raises(ValueError, match=r"latent_persistence must be in \[0, 1\)"):
+        _create("vrnn_eq", latent_persistence=rho)

@@ -130,8 +130,15 @@ class VRNNForecaster(ForecastModule):
     supports_teacher_forcing = True
     two_phase_sampling = True
 
-    def setup(self):
+    def __post_init__(self):
+        # Checked at construction, so a bad config fails in one line before anything is traced.
+        if not 0.0 <= self.latent_persistence < 1.0:
+            raise ValueError(f"vrnn: latent_persistence must be in [0, 1) (an AR(1) coefficient), "
+                             f"got {self.latent_persistence}")
         check_matmul_dtype(self.matmul_dtype)
+        super().__post_init__()
+
+    def setup(self):
         mt = self.matmul_dtype
         if self.embed_inputs:
             self.phi_x = dense(self.hidden, mt, name="phi_x")
