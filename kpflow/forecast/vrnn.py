@@ -165,10 +165,10 @@ class VRNNForecaster(ForecastModule):
         return nn.relu(self.phi_x(feats)) if self.embed_inputs else feats
 
     def _posterior(self, h, frame, prev, anchor, scale):
-        if not self.equivariant:
-            return self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
-        # Odd mean, even std: reflecting the window reflects the posterior.
         m1, s1 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
+        if not self.equivariant:
+            return m1, s1
+        # Odd mean, even std: reflecting the window reflects the posterior.
         m2, s2 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale, sign=-1.0)], -1))
         return 0.5 * (m1 - m2), 0.5 * (s1 + s2)
 
