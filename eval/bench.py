@@ -3,7 +3,7 @@
 Benchmarks (argparse subcommands; add one with a ``_add_<name>`` parser and a ``bench_<name>`` function):
 
 - ``forecast``: median time to draw S closed-loop samples of one N-M window (batch of one window)
-  with a randomly initialised forecaster, as one jitted ``vmap``-ed call (``Forecaster.sample``)
+  with a randomly initialised forecaster (the VRNN: the authors' architecture and sizes), as one jitted ``vmap``-ed call (``Forecaster.sample``)
   and as a Python loop calling a jitted single-sample function once per sample (how the authors'
   PyTorch code draws them). Compilation is excluded from both. The reference is the authors'
   VRNN: 100 samples x 24 steps (12-12) in 128 ms on a 2-core CPU (DESIGN.md).
@@ -33,13 +33,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# The authors' VRNN sizes (appendix B of the papers; hidden 256, latent 20, MLPs 128).
+# The authors' VRNN (appendix B of the papers; their published code): a 256-unit GRU fed the raw
+# keypoint vector and z (no phi_x / phi_z embeddings: 80 inputs), a 20-d latent, 128-unit prior,
+# posterior and decoder MLPs, and a deterministic decoder (its output is the frame; the samples'
+# randomness is all in z). ``--set embed_inputs=True --set position_features=True
+# --set decoder_temperature=1`` times Chung et al.'s layout, kpflow's VRNN default, instead.
+AUTHORS_ARCHITECTURE: dict[str, Any] = {"embed_inputs": False, "position_features": False, "decoder_temperature": 0.0}
 AUTHORS_SIZES: dict[str, dict[str, Any]] = {
-    "vrnn": {"hidden": 256, "latent": 20, "prior_hidden": 128, "posterior_hidden": 128, "decoder_hidden": 128},
+    "vrnn": {"hidden": 256, "latent": 20, "prior_hidden": 128, "posterior_hidden": 128, "decoder_hidden": 128,
+             **AUTHORS_ARCHITECTURE},
 }
 # Small sizes for smoke runs (``--tiny``): same code paths, negligible compile and run time.
 TINY_SIZES: dict[str, dict[str, Any]] = {
-    "vrnn": {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16},
+    "vrnn": {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
+             **AUTHORS_ARCHITECTURE},
 }
 
 # The authors' PyTorch VRNN on the 2-core CPU where DESIGN.md's facts were measured.
@@ -85,6 +92,21 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of ``repeats`` calls of each of ``fns``, called in turn (round-robin) after one
+    warm-up call each: a burst of load on a shared machine then slows every variant alike, so their
+    ratio holds even when the absolute times move. Each ``fn`` must block on its result."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -145,6 +167,9 @@ def _add_forecast(sub) -> None:
         help="override a model hyper-parameter (repeatable), e.g. --set hidden=64",
     )
     p.add_argument("--dim", type=int, default=60, help="numbers per frame, 6K (default 60)")
+    p.add_argument("--forecaster", default="",
+                   help="a forecaster workdir (train.forecaster): time that trained model, at its own horizon "
+                        "and sizes, instead of a randomly initialised --model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_loop", action="store_true", help="skip the Python loop over samples")
     p.add_argument("--skip_eager", action="store_true", help="skip the un-jitted (op-by-op) call")
@@ -159,6 +184,26 @@ def model_hparams(model: str, tiny: bool, overrides: list[tuple[str, Any]]) -> d
     hparams = dict((TINY_SIZES if tiny else AUTHORS_SIZES).get(model, {}))
     hparams.update(dict(overrides))
     return hparams
+
+
+def spread_zero_kernels(variables, rng):
+    """Give every all-zero weight matrix of ``variables`` random values (scaled by 1/sqrt(fan-in)).
+
+    Output layers that start at zero (the VRNN decoder's mean, so that an untrained model forecasts
+    hold-last) make an untrained model with a deterministic decoder draw identical samples. Timing
+    does not depend on the values, but the bfloat16 comparison needs samples that spread.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    keys = jax.random.split(rng, max(len(leaves), 1))
+
+    def spread(key, path, x):
+        kernel = jax.tree_util.keystr(path[-1:]).endswith("'kernel']") and getattr(x, "ndim", 0) == 2
+        return jax.random.normal(key, x.shape, x.dtype) / jnp.sqrt(x.shape[0]) if kernel and not jnp.any(x) else x
+
+    return jax.tree_util.tree_unflatten(treedef, [spread(k, p, x) for k, (p, x) in zip(keys, leaves)])
 
 
 def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,11 +225,26 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
     if not dtypes or dtypes[0] != "float32" or set(dtypes) - {"float32", "bfloat16"}:
         raise SystemExit(f"eval.bench forecast: --dtypes must start with float32 and name float32 / bfloat16; "
                          f"got {args.dtypes!r}")
-    hparams = model_hparams(args.model, args.tiny, args.overrides)
-    try:
-        forecaster = forecast.create(args.model, dim=args.dim, num_observed=n, horizon=m, **hparams)
-    except (ValueError, ImportError) as e:
-        raise SystemExit(f"eval.bench forecast: cannot build {args.model!r}: {e}") from None
+    trained = None
+    if args.forecaster:
+        from kpflow.checkpoint import load_trained
+
+        if args.overrides or args.tiny:
+            raise SystemExit("eval.bench forecast: --forecaster times the trained model as it is; "
+                             "drop --set / --tiny")
+        try:
+            trained = load_trained(args.forecaster)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+            raise SystemExit(f"eval.bench forecast: cannot load --forecaster {args.forecaster!r}: {e}") from None
+        forecaster = trained.forecaster
+        args.model = f"{trained.config.model.name} ({args.forecaster})"
+        n, m, args.dim = trained.config.num_observed, trained.config.num_predicted, trained.train_clips.dim
+    else:
+        hparams = model_hparams(args.model, args.tiny, args.overrides)
+        try:
+            forecaster = forecast.create(args.model, dim=args.dim, num_observed=n, horizon=m, **hparams)
+        except (ValueError, ImportError) as e:
+            raise SystemExit(f"eval.bench forecast: cannot build {args.model!r}: {e}") from None
     if len(dtypes) > 1 and "matmul_dtype" not in {f.name for f in dataclasses.fields(forecaster.module)}:
         raise SystemExit(f"eval.bench forecast: {args.model} has no matmul_dtype field; use --dtypes float32")
 
@@ -198,8 +258,11 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
 
     rng = jax.random.PRNGKey(args.seed)
     init_rng, sample_rng = jax.random.split(rng)
-    # Jitted: an eager init of a scanned recurrent module dispatches op by op and takes seconds.
-    variables = jax.jit(forecaster.init)(init_rng, window, scaler)
+    if trained is not None:
+        variables = trained.variables  # its own scaler: the window is scaled as in training
+    else:
+        # Jitted: an eager init of a scanned recurrent module dispatches op by op and takes seconds.
+        variables = spread_zero_kernels(jax.jit(forecaster.init)(init_rng, window, scaler), init_rng)
     num_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables.get("params", {}))))
 
     s = args.samples
@@ -210,11 +273,21 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
     if out.shape != (s, 1, m, args.dim):
         raise SystemExit(f"{args.model}.sample returned {out.shape}, expected {(s, 1, m, args.dim)}")
 
-    vmapped = time_calls(lambda: sample_all(variables, context, sample_rng).block_until_ready(), args.repeats)
+    # Every matmul dtype's vmap-ed call, compiled and checked first, then timed in turn (round-robin).
+    calls = {"float32": sample_all}
+    low_outs = {}
+    for name in dtypes[1:]:
+        low = dataclasses.replace(forecaster, module=forecaster.module.clone(matmul_dtype=name))
+        calls[name] = jax.jit(lambda v, c, k, f=low: f.sample(v, c, m, k, s))
+        low_outs[name] = np.asarray(calls[name](variables, context, sample_rng))
+    timed = time_interleaved({name: (lambda f=f: f(variables, context, sample_rng).block_until_ready())
+                              for name, f in calls.items()}, args.repeats)
+    vmapped = timed["float32"]
 
     result: dict[str, Any] = {
         "benchmark": "forecast",
         "model": args.model,
+        "weights": args.forecaster or "random",
         "hparams": _module_fields(forecaster.module),
         "num_params": num_params,
         "num_observed": n,
@@ -225,17 +298,15 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
         "vmap_jit": _ms_stats(vmapped),
     }
     if len(dtypes) > 1:
-        # Each lower precision: the same parameters and keys, timed right after float32 (same machine
+        # Each lower precision: the same parameters and keys, timed in turn with float32 (same machine
         # state), and how far its samples move from float32's, relative to the samples' own spread.
         result["dtypes"] = {"float32": result["vmap_jit"]}
+        result["timing"] = "interleaved"
         ref = np.asarray(out)
         spread = float(np.mean(np.abs(ref - ref.mean(axis=0))))
         for name in dtypes[1:]:
-            low = dataclasses.replace(forecaster, module=forecaster.module.clone(matmul_dtype=name))
-            low_all = jax.jit(lambda v, c, k, f=low: f.sample(v, c, m, k, s))
-            low_out = np.asarray(low_all(variables, context, sample_rng))
-            stats = _ms_stats(time_calls(lambda f=low_all: f(variables, context, sample_rng).block_until_ready(),
-                                         args.repeats))
+            low_out = low_outs[name]
+            stats = _ms_stats(timed[name])
             stats["speedup_vs_float32"] = result["vmap_jit"]["median_ms"] / stats["median_ms"]
             stats["sample_mae_vs_float32"] = float(np.mean(np.abs(low_out - ref)))
             stats["relative_to_sample_spread"] = stats["sample_mae_vs_float32"] / spread if spread > 0 else None

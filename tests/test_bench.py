@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from eval import bench
@@ -43,8 +44,33 @@ def test_forecast_default_model_is_authors_vrnn():
     args = bench.build_parser().parse_args(["forecast"])
     assert (args.model, args.horizon, args.samples, args.repeats) == ("vrnn", "12-12", 100, 20)
     hp = bench.model_hparams(args.model, args.tiny, args.overrides)
-    assert hp == {"hidden": 256, "latent": 20, "prior_hidden": 128, "posterior_hidden": 128, "decoder_hidden": 128}
+    # The authors' VRNN: their sizes, the raw keypoint vector and z into the GRU, a deterministic decoder.
+    assert hp == {"hidden": 256, "latent": 20, "prior_hidden": 128, "posterior_hidden": 128, "decoder_hidden": 128,
+                  "embed_inputs": False, "position_features": False, "decoder_temperature": 0.0}
     assert bench.model_hparams("vrnn", True, [("hidden", 8)])["hidden"] == 8
+    assert bench.model_hparams("vrnn", False, [("embed_inputs", True)])["embed_inputs"] is True
+
+
+def test_time_interleaved_calls_variants_in_turn():
+    calls = []
+    times = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then round-robin
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and min(times["a"] + times["b"]) >= 0
+
+
+def test_spread_zero_kernels_only_touches_all_zero_weight_matrices():
+    import jax
+    import jax.numpy as jnp
+
+    variables = {"params": {"out": {"kernel": jnp.zeros((16, 4)), "bias": jnp.zeros((4,))},
+                            "hid": {"kernel": jnp.ones((3, 16))}},
+                 "scaler": {"grid": jnp.zeros((2, 2))}}
+    got = bench.spread_zero_kernels(variables, jax.random.key(0))
+    k = np.asarray(got["params"]["out"]["kernel"])
+    assert np.all(k != 0) and 0.1 < k.std() * 4 < 10  # random, scaled by 1 / sqrt(fan-in)
+    np.testing.assert_array_equal(got["params"]["out"]["bias"], 0)
+    np.testing.assert_array_equal(got["params"]["hid"]["kernel"], 1)
+    np.testing.assert_array_equal(got["scaler"]["grid"], 0)  # not a kernel: left alone
 
 
 @pytest.mark.slow  # compiles a VRNN twice (vmap-ed and single-sample): tens of seconds on a busy 2-core CPU
@@ -68,6 +94,29 @@ def test_forecast_bfloat16_matmuls_side_by_side(tmp_path, capsys):
     # bf16 products move the samples, but far less than the samples' own spread.
     assert 0 < low["relative_to_sample_spread"] < 0.05
     assert "bfloat16 matmuls" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains a stand-in model for one short epoch first
+def test_forecast_times_a_trained_workdir(tmp_path, monkeypatch):
+    from test_train_cli import TINY, TINY_ENTRY, tiny_config
+
+    from kpflow import forecast
+    from train import forecaster as train_lib
+
+    monkeypatch.setitem(forecast.REGISTRY, TINY, TINY_ENTRY)
+    config = tiny_config(epochs=1, steps=2)
+    run = str(tmp_path / "run")
+    train_lib.train_and_evaluate(config, run)
+    r = bench.main(["forecast", "--forecaster", run, "--horizon", "12-12", "--repeats", "1", "--samples", "3",
+                    "--skip_loop", "--skip_eager"])
+    assert r["weights"] == run and r["model"] == f"tiny ({run})"
+    # The trained model's own horizon and width, whatever --horizon / --dim say.
+    assert (r["num_observed"], r["horizon"]) == (config.num_observed, config.num_predicted)
+    assert r["hparams"]["hidden"] == 8 and r["vmap_jit"]["median_ms"] > 0
+    with pytest.raises(SystemExit, match="cannot load --forecaster"):
+        bench.main(["forecast", "--forecaster", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="drop --set"):
+        bench.main(["forecast", "--forecaster", run, "--set", "hidden=4"])
 
 
 def test_bad_arguments_exit_with_a_message():
