@@ -26,6 +26,27 @@ def test_gru_cell_has_flax_parameters_and_outputs():
     np.testing.assert_allclose(ours.apply(params, h, x)[0], theirs.apply(params, h, x)[0], rtol=1e-6, atol=1e-6)
 
 
+def test_split_dense_is_dense_of_the_concatenation():
+    key = jax.random.PRNGKey(0)
+    a = jax.random.normal(key, (3, 7))
+    b = jax.random.normal(jax.random.fold_in(key, 1), (3, 5))
+    ours, theirs = cells.SplitDense(4), nn.Dense(4)
+    params = theirs.init(key, jnp.concatenate([a, b], -1))
+    # The same parameter tree and, from the same key, the same initial values ...
+    mine = ours.init(key, a, b)
+    assert jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(params)
+    for x, y in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(x, y)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a non-zero bias too
+    # ... and the same outputs from the same parameters, for any split of the input.
+    want = theirs.apply(params, jnp.concatenate([a, b], -1))
+    np.testing.assert_allclose(ours.apply(params, a, b), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.apply(params, a[:, :2], a[:, 2:], b), want, rtol=1e-6, atol=1e-6)
+    # bfloat16 products stay close.
+    low = cells.SplitDense(4, "bfloat16").apply(params, a, b)
+    assert low.dtype == jnp.float32 and float(jnp.max(jnp.abs(low - want))) < 0.05
+
+
 def test_bfloat16_products_accumulate_in_float32():
     dot = cells.mixed_dot_general("bfloat16")
     a = jnp.full((1, 4096), 1.0 + 2.0**-7, jnp.float32)  # exactly representable in bfloat16

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -221,6 +222,51 @@ def test_teacher_forced_feeds_the_true_frames(key):
     assert a.shape == (S, B, M, D) and bool(jnp.all(jnp.isfinite(a)))
     np.testing.assert_allclose(a[:, :, :2], b[:, :, :2], rtol=1e-5, atol=1e-6)
     assert float(jnp.min(jnp.max(jnp.abs(a[:, :, 2] - b[:, :, 2]), axis=-1))) > 1e-4
+
+
+@pytest.mark.parametrize("key", ["vrnn", "vrnn_eq"])
+def test_teacher_forced_feeds_the_first_true_frame_too(key):
+    # The first forecast step runs before the scan: it too must feed the true frame N onward.
+    f, v = _trained(key).forecaster, _trained(key).final
+    window = _window()
+    a = _teacher_forced(key)(v, window, jax.random.PRNGKey(3), num_samples=S)
+    b = _teacher_forced(key)(v, window.at[:, N].add(0.5), jax.random.PRNGKey(3), num_samples=S)
+    np.testing.assert_allclose(a[:, :, 0], b[:, :, 0], rtol=1e-5, atol=1e-6)
+    assert float(jnp.min(jnp.max(jnp.abs(a[:, :, 1] - b[:, :, 1]), axis=-1))) > 1e-4
+
+
+@pytest.mark.parametrize("key", ["vrnn", "vrnn_eq"])
+def test_one_step_horizon(key):
+    t = _trained(key)
+    s = _sampler(key)(t.final, _window()[:, :N], horizon=1, rng=jax.random.PRNGKey(5), num_samples=S)
+    assert s.shape == (S, B, 1, D) and bool(jnp.all(jnp.isfinite(s)))
+    longer = _sampler(key)(t.final, _window()[:, :N], horizon=M, rng=jax.random.PRNGKey(5), num_samples=S)
+    np.testing.assert_allclose(s[:, :, 0], longer[:, :, 0], rtol=1e-5, atol=1e-6)  # same first step
+
+
+def _dot_shapes_outside_loops(jaxpr):
+    """(lhs shape, rhs shape) of every dot_general not inside a scan / while body."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes.append(tuple(tuple(x.aval.shape) for x in eqn.invars))
+        elif eqn.primitive.name not in ("scan", "while"):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                shapes += _dot_shapes_outside_loops(sub)
+    return shapes
+
+
+def test_first_forecast_step_shares_the_state_products_across_samples():
+    # Every sample's first step starts from the same encoded state: under the sampler's vmap, the
+    # state's products (the prior's first layer, the GRU's recurrent ones) are made once for all S
+    # samples ([B, hidden] @ W), not once per sample ([S, B, hidden] or [S * B, hidden]).
+    t = _trained("vrnn_raw")
+    hidden = CONFIGS["vrnn_raw"][1]["hidden"]
+    jaxpr = jax.make_jaxpr(lambda v, c: t.forecaster.sample(v, c, M, jax.random.PRNGKey(0), S))(
+        t.final, _window()[:, :N])
+    shapes = _dot_shapes_outside_loops(jaxpr.jaxpr)
+    assert ((B, hidden), (hidden, hidden)) in shapes  # a recurrent GRU product, unbatched by samples
+    assert ((B, hidden), (hidden, CONFIGS["vrnn_raw"][1]["prior_hidden"])) in shapes  # the prior's
 
 
 @pytest.mark.parametrize("key", MODELS)

@@ -12,6 +12,7 @@ biases; ``hr``, ``hz`` without; ``hn`` with), so checkpoints move between the tw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import flax.linen as nn
@@ -46,6 +47,36 @@ def mixed_dot_general(matmul_dtype: str | None):
 def dense(features: int, matmul_dtype: str | None = None, **kwargs) -> nn.Dense:
     """``nn.Dense`` with its product in ``matmul_dtype`` (see :func:`mixed_dot_general`)."""
     return nn.Dense(features, dot_general=mixed_dot_general(matmul_dtype), **kwargs)
+
+
+class SplitDense(nn.Module):
+    """``nn.Dense`` of the concatenation of several inputs, without concatenating them.
+
+    ``SplitDense(f)(a, b)`` equals ``nn.Dense(f)(concatenate([a, b], -1))`` and has exactly its
+    parameters (``kernel [A + B, f]`` and ``bias``, the same initialisers, so the same values from
+    the same key): it computes ``a @ kernel[:A] + b @ kernel[A:] + bias``. A part whose input is
+    shared keeps its own product: under ``vmap`` over samples, an input that does not vary with the
+    sample (the recurrent state before the first sampled step) is multiplied once for all samples,
+    and the same part in two calls (the equivariant VRNN's ``[h, z]`` and ``[h, -z]``) is one product
+    after XLA's common-subexpression pass.
+    """
+
+    features: int
+    matmul_dtype: str | None = None
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, *inputs):
+        sizes = [x.shape[-1] for x in inputs]
+        kernel = self.param("kernel", self.kernel_init, (sum(sizes), self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        dot = mixed_dot_general(self.matmul_dtype) or lax.dot_general
+        out, start = bias, 0
+        for x, n in zip(inputs, sizes):
+            out = out + dot(x, kernel[start : start + n], (((x.ndim - 1,), (0,)), ((), ())))
+            start += n
+        return out
 
 
 class GRUCell(nn.Module):

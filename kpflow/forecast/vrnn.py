@@ -45,24 +45,28 @@ import jax
 import jax.numpy as jnp
 
 from kpflow.forecast.base import ForecastModule, context_step_scale, gaussian_kl, gaussian_nll
-from kpflow.forecast.cells import GRUCell, check_matmul_dtype, dense
+from kpflow.forecast.cells import GRUCell, SplitDense, check_matmul_dtype, dense
 from kpflow.forecast.scoring import closed_loop_energy
 
 _MIN_STD = 1e-3
 
 
 class GaussianHead(nn.Module):
-    """MLP -> (mean, std) with a softplus std; the mean layer starts at zero."""
+    """MLP -> (mean, std) with a softplus std; the mean layer starts at zero.
+
+    Called on several inputs it is the MLP of their concatenation, with the same parameters,
+    computed part by part (:class:`~kpflow.forecast.cells.SplitDense`)."""
 
     hidden: int
     out: int
     matmul_dtype: str | None = None
 
     @nn.compact
-    def __call__(self, x):
-        x = nn.relu(dense(self.hidden, self.matmul_dtype)(x))
-        mean = dense(self.out, self.matmul_dtype, kernel_init=nn.initializers.zeros)(x)
-        std = nn.softplus(dense(self.out, self.matmul_dtype)(x)) + _MIN_STD
+    def __call__(self, *inputs):
+        # Explicit names: those nn.compact gave when the first layer was an nn.Dense (checkpoints load).
+        x = nn.relu(SplitDense(self.hidden, self.matmul_dtype, name="Dense_0")(*inputs))
+        mean = dense(self.out, self.matmul_dtype, kernel_init=nn.initializers.zeros, name="Dense_1")(x)
+        std = nn.softplus(dense(self.out, self.matmul_dtype, name="Dense_2")(x)) + _MIN_STD
         return mean, std
 
 
@@ -165,20 +169,20 @@ class VRNNForecaster(ForecastModule):
         return nn.relu(self.phi_x(feats)) if self.embed_inputs else feats
 
     def _posterior(self, h, frame, prev, anchor, scale):
-        m1, s1 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale)], -1))
+        m1, s1 = self.posterior(h, self._features(frame, prev, anchor, scale))
         if not self.equivariant:
             return m1, s1
         # Odd mean, even std: reflecting the window reflects the posterior.
-        m2, s2 = self.posterior(jnp.concatenate([h, self._features(frame, prev, anchor, scale, sign=-1.0)], -1))
+        m2, s2 = self.posterior(h, self._features(frame, prev, anchor, scale, sign=-1.0))
         return 0.5 * (m1 - m2), 0.5 * (s1 + s2)
 
     def _decode(self, h, z, last_step):
         """-> (dz features, mean step, std of step)."""
         embed = lambda v: nn.relu(self.phi_z(v)) if self.embed_inputs else v
         dz = embed(z)
-        mean, std = self.decoder(jnp.concatenate([h, dz], -1))
+        mean, std = self.decoder(h, dz)
         if self.equivariant:  # odd in z: the prior is symmetric, so the mean step is the momentum's alone
-            mean2, std2 = self.decoder(jnp.concatenate([h, embed(-z)], -1))
+            mean2, std2 = self.decoder(h, embed(-z))
             mean, std = 0.5 * (mean - mean2), 0.5 * (std + std2)
         if self.momentum and self.residual:
             mean = mean + self.rho * last_step
@@ -286,13 +290,19 @@ class VRNNForecaster(ForecastModule):
             # The forecast's latent starts from its stationary law, not from the context's last one.
             eps = carry[3]
             carry = carry[:3] + (jax.random.normal(self.make_rng("sample"), eps.shape, eps.dtype),)
+        # The first step runs before the scan. Its state is the encoded context's, the same for every
+        # sample, so under the sampler's vmap its state-side products (the prior, the GRU's recurrent
+        # products, the state's part of the decoder) are computed once, not once per sample.
+        carry, first = self._forecast_step(carry, None if truth is None else truth[:, 0], anchor, scale)
+        if horizon == 1:
+            return first[:, None]
         if truth is None:
             body = lambda m, c, _: m._forecast_step(c, None, anchor, scale)
-            _, frames = self._scan(body, carry, None, length=horizon)
+            _, frames = self._scan(body, carry, None, length=horizon - 1)
         else:
             body = lambda m, c, f: m._forecast_step(c, f, anchor, scale)
-            _, frames = self._scan(body, carry, truth)
-        return frames
+            _, frames = self._scan(body, carry, truth[:, 1:])
+        return jnp.concatenate([first[:, None], frames], axis=1)
 
     def sample(self, context, horizon, step_scale):
         """Closed loop: posterior over ``context [B, N, D]``, then prior and own outputs for ``horizon`` steps."""
