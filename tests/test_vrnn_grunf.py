@@ -227,7 +227,7 @@ def test_teacher_forced_feeds_the_true_frames(key):
 @pytest.mark.parametrize("key", ["vrnn", "vrnn_eq"])
 def test_teacher_forced_feeds_the_first_true_frame_too(key):
     # The first forecast step runs before the scan: it too must feed the true frame N onward.
-    f, v = _trained(key).forecaster, _trained(key).final
+    v = _trained(key).final
     window = _window()
     a = _teacher_forced(key)(v, window, jax.random.PRNGKey(3), num_samples=S)
     b = _teacher_forced(key)(v, window.at[:, N].add(0.5), jax.random.PRNGKey(3), num_samples=S)
