@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -170,6 +171,10 @@ def _add_forecast(sub) -> None:
     p.add_argument("--forecaster", default="",
                    help="a forecaster workdir (train.forecaster): time that trained model, at its own horizon "
                         "and sizes, instead of a randomly initialised --model")
+    p.add_argument("--torch_reference", action="store_true",
+                   help="also time the authors' VRNN in eager PyTorch, in a child process right after kpflow's "
+                        "calls (eval/torch_reference.py): their sampling procedure, and the same closed-loop "
+                        "computation as kpflow batched over samples (needs the torch extra)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_loop", action="store_true", help="skip the Python loop over samples")
     p.add_argument("--skip_eager", action="store_true", help="skip the un-jitted (op-by-op) call")
@@ -245,6 +250,11 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
             forecaster = forecast.create(args.model, dim=args.dim, num_observed=n, horizon=m, **hparams)
         except (ValueError, ImportError) as e:
             raise SystemExit(f"eval.bench forecast: cannot build {args.model!r}: {e}") from None
+    module = forecaster.module
+    if args.torch_reference and (args.forecaster or getattr(module, "embed_inputs", True)
+                                 or getattr(module, "position_features", True)):
+        raise SystemExit("eval.bench forecast: --torch_reference re-times the authors' VRNN architecture; use the "
+                         "default --model vrnn (no --forecaster, no --set embed_inputs / position_features)")
     if len(dtypes) > 1 and "matmul_dtype" not in {f.name for f in dataclasses.fields(forecaster.module)}:
         raise SystemExit(f"eval.bench forecast: {args.model} has no matmul_dtype field; use --dtypes float32")
 
@@ -280,8 +290,8 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
         low = dataclasses.replace(forecaster, module=forecaster.module.clone(matmul_dtype=name))
         calls[name] = jax.jit(lambda v, c, k, f=low: f.sample(v, c, m, k, s))
         low_outs[name] = np.asarray(calls[name](variables, context, sample_rng))
-    timed = time_interleaved({name: (lambda f=f: f(variables, context, sample_rng).block_until_ready())
-                              for name, f in calls.items()}, args.repeats)
+    fns = {name: (lambda f=f: f(variables, context, sample_rng).block_until_ready()) for name, f in calls.items()}
+    timed = time_interleaved(fns, args.repeats)
     vmapped = timed["float32"]
 
     result: dict[str, Any] = {
@@ -339,8 +349,30 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
         result["loop_speedup_vs_reference"] = (
             REFERENCE["ms"] / result["python_loop"]["median_ms"] if comparable else None
         )
+    if args.torch_reference:
+        result["torch_reference"] = torch_reference_times(forecaster.module, n, m, s, args)
+        for name in ("authors_procedure", "closed_loop_batched"):
+            d = result["torch_reference"][name]
+            d["kpflow_speedup"] = d["median_ms"] / result["vmap_jit"]["median_ms"]
     result["environment"] = environment()
     return result
+
+
+def torch_reference_times(module, n: int, m: int, s: int, args) -> dict[str, Any]:
+    """``--torch_reference``: eval/torch_reference.py in a child process, right after kpflow's timing.
+
+    A child process, because the two cores cannot host both thread pools: called in turn in one
+    process, PyTorch's OpenMP workers and XLA's threads slowed each other by up to 2x."""
+    fields = ("hidden", "latent", "prior_hidden", "posterior_hidden", "decoder_hidden")
+    params = {k: getattr(module, k) for k in fields}
+    params.update(num_observed=n, horizon=m, samples=s, repeats=args.repeats, seed=args.seed, dim=args.dim)
+    proc = subprocess.run([sys.executable, "-m", "eval.torch_reference", json.dumps(params)],
+                          capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        raise SystemExit(f"eval.bench forecast: the PyTorch reference failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _module_fields(module) -> dict[str, Any]:
@@ -375,6 +407,11 @@ def format_forecast(r: dict[str, Any]) -> str:
     if "vmap_eager" in r:
         lines.append(f"  vmap, not jitted (eager):  {r['vmap_eager']['median_ms']:9.3f} ms"
                      f"   ({r['eager_over_jit']:.1f}x the jitted call)")
+    for name, what in (("authors_procedure", "the authors' procedure"), ("closed_loop_batched", "closed loop, batched")):
+        d = r.get("torch_reference", {}).get(name)
+        if d:
+            lines.append(f"  eager PyTorch, {what + ':':23s}{d['median_ms']:8.3f} ms   (kpflow's vmap-ed call "
+                         f"{d['kpflow_speedup']:.1f}x faster)")
     ref = r["reference"]
     if ref["comparable"]:
         lines.append(f"  authors' PyTorch (loop):   {ref['ms']:9.3f} ms on a {ref['device']}"

@@ -119,6 +119,41 @@ def test_forecast_times_a_trained_workdir(tmp_path, monkeypatch):
         bench.main(["forecast", "--forecaster", run, "--set", "hidden=4"])
 
 
+def test_torch_reference_procedures():
+    torch = pytest.importorskip("torch")
+    from eval import torch_reference
+
+    model = torch_reference.build(dim=12, hidden=8, latent=3, prior_hidden=5, posterior_hidden=5, decoder_hidden=5)
+    window = torch.randn(2, 7, 12)  # B=2, N=4 observed + M=3
+
+    def authors(w):
+        torch.manual_seed(0)
+        return torch_reference.authors_procedure(model, w, 4, 6)
+
+    a = authors(window)
+    assert a.shape == (6, 2, 7, 12) and bool(torch.isfinite(a).all())
+    # One state fed the TRUE frames: changing frame 5 leaves outputs 0-5 alone and moves output 6.
+    b = authors(window.clone().index_add_(1, torch.tensor([5]), torch.ones(2, 1, 12)))
+    torch.testing.assert_close(a[:, :, :6], b[:, :, :6])
+    assert float((a[:, :, 6] - b[:, :, 6]).abs().max()) > 1e-4
+    torch.manual_seed(0)
+    c = torch_reference.closed_loop(model, window[:, :4], 3, 6)
+    assert c.shape == (12, 3, 12) and float(c.std(0).max()) > 0  # independent trajectories differ
+
+
+@pytest.mark.slow  # a child process imports torch
+def test_forecast_torch_reference_side_by_side(capsys):
+    pytest.importorskip("torch")
+    r = bench.main(["forecast", "--tiny", "--torch_reference", "--repeats", "1", "--samples", "3", "--horizon", "3-2",
+                    "--skip_loop", "--skip_eager"])
+    for name in ("authors_procedure", "closed_loop_batched"):
+        d = r["torch_reference"][name]
+        assert d["median_ms"] > 0 and d["kpflow_speedup"] == pytest.approx(d["median_ms"] / r["vmap_jit"]["median_ms"])
+    assert "eager PyTorch, the authors' procedure" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="authors' VRNN architecture"):
+        bench.main(["forecast", "--tiny", "--torch_reference", "--set", "embed_inputs=True"])
+
+
 def test_bad_arguments_exit_with_a_message():
     with pytest.raises(SystemExit, match="--dtypes must start with float32"):
         bench.main(["forecast", "--tiny", "--dtypes", "bfloat16"])
