@@ -46,7 +46,7 @@ demo: $(STAMP)
 	PY=$(PY) bash scripts/demo.sh
 
 bench: $(STAMP)
-	$(PY) -m eval.bench forecast --out runs/bench_forecast.json
+	$(PY) -m eval.bench forecast --dtypes float32,bfloat16 --torch_reference --out runs/bench_forecast.json
 	$(PY) -m eval.bench fomm --out runs/bench_fomm.json
 	$(PY) -m eval.bench pipeline --samples 10 --out runs/bench_pipeline.json
 	$(PY) -m eval.bench realtime --repeats 3 --out runs/bench_realtime.json
