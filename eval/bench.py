@@ -3,9 +3,10 @@
 Benchmarks (argparse subcommands; add one with a ``_add_<name>`` parser and a ``bench_<name>`` function):
 
 - ``forecast``: median time to draw S closed-loop samples of one N-M window (batch of one window)
-  with a randomly initialised forecaster (the VRNN: the authors' architecture and sizes), as one jitted ``vmap``-ed call (``Forecaster.sample``)
-  and as a Python loop calling a jitted single-sample function once per sample (how the authors'
-  PyTorch code draws them). Compilation is excluded from both. The reference is the authors'
+  with a randomly initialised forecaster (the VRNN: the authors' architecture and sizes) or a
+  trained one (``--forecaster``), as one jitted ``vmap``-ed call (``Forecaster.sample``) and as a
+  Python loop calling a jitted single-sample function once per sample (how the authors' PyTorch
+  code draws them); ``--torch_reference`` adds eager-PyTorch timings of the authors' VRNN. Compilation is excluded from both. The reference is the authors'
   VRNN: 100 samples x 24 steps (12-12) in 128 ms on a 2-core CPU (DESIGN.md).
 - ``fomm``: median (and IQR) milliseconds per frame of the FOMM keypoint detector and of the
   generator (dense motion included), each one jitted call on a batch of ``--batch`` frames,
