@@ -192,6 +192,16 @@ def model_hparams(model: str, tiny: bool, overrides: list[tuple[str, Any]]) -> d
     return hparams
 
 
+def load_forecaster(workdir: str, benchmark: str):
+    """``kpflow.checkpoint.load_trained(workdir)``, any failure a one-line error naming ``--forecaster``."""
+    from kpflow.checkpoint import load_trained
+
+    try:
+        return load_trained(workdir)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        raise SystemExit(f"eval.bench {benchmark}: cannot load --forecaster {workdir!r}: {e}") from None
+
+
 def spread_zero_kernels(variables, rng):
     """Give every all-zero weight matrix of ``variables`` random values (scaled by 1/sqrt(fan-in)).
 
@@ -233,15 +243,10 @@ def bench_forecast(args: argparse.Namespace) -> dict[str, Any]:
                          f"got {args.dtypes!r}")
     trained = None
     if args.forecaster:
-        from kpflow.checkpoint import load_trained
-
         if args.overrides or args.tiny:
             raise SystemExit("eval.bench forecast: --forecaster times the trained model as it is; "
                              "drop --set / --tiny")
-        try:
-            trained = load_trained(args.forecaster)
-        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-            raise SystemExit(f"eval.bench forecast: cannot load --forecaster {args.forecaster!r}: {e}") from None
+        trained = load_forecaster(args.forecaster, "forecast")
         forecaster = trained.forecaster
         args.model = f"{trained.config.model.name} ({args.forecaster})"
         n, m, args.dim = trained.config.num_observed, trained.config.num_predicted, trained.train_clips.dim
@@ -834,7 +839,6 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
 
     from configs.fomm_common import fomm_config
     from kpflow import forecast, pipeline
-    from kpflow.checkpoint import load_trained
     from kpflow.data.synthetic_video import _identity_style, render_clip
     from kpflow.data.videos import VideoReadError, read_video
     from kpflow.fomm.model import FOMM, frame_shape_of, random_fomm
@@ -867,10 +871,7 @@ def bench_realtime(args: argparse.Namespace) -> dict[str, Any]:
         base = random_fomm(config, args.seed)
     dim = 6 * base.num_kp
     if args.forecaster:
-        try:
-            trained = load_trained(args.forecaster)
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise SystemExit(f"eval.bench realtime: cannot load --forecaster {args.forecaster!r}: {e}") from None
+        trained = load_forecaster(args.forecaster, "realtime")
         f, variables = trained.forecaster, trained.variables
         trained_horizon = f"{trained.config.num_observed}-{trained.config.num_predicted}"
         if trained_horizon != str(schedule) or trained.train_clips.dim != dim:

@@ -21,9 +21,7 @@ the two cores:
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from typing import Any
 
 
@@ -111,7 +109,7 @@ def closed_loop(model, context, horizon: int, samples: int):
 
 def time_reference(num_observed: int = 12, horizon: int = 12, samples: int = 100, repeats: int = 20,
                    seed: int = 0, dim: int = 60, **sizes) -> dict[str, Any]:
-    """Median milliseconds of both procedures on a random window (one warm-up call each)."""
+    """Timing statistics (``eval.bench``'s) of both procedures on a random window, one warm-up call each."""
     torch = _torch()
     model = build(dim=dim, seed=seed, **sizes)
     window = torch.randn(1, num_observed + horizon, dim)
@@ -119,17 +117,12 @@ def time_reference(num_observed: int = 12, horizon: int = 12, samples: int = 100
         "authors_procedure": lambda: authors_procedure(model, window, num_observed, samples),
         "closed_loop_batched": lambda: closed_loop(model, window[:, :num_observed], horizon, samples),
     }
+    from eval.bench import _ms_stats, time_calls  # stdlib-only at import: no JAX in this process
+
     out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     for name, fn in calls.items():
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        out[name] = {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+        out[name] = _ms_stats(time_calls(fn, repeats))
     return out
-
 
 if __name__ == "__main__":
     print(json.dumps(time_reference(**json.loads(sys.argv[1] if len(sys.argv) > 1 else "{}"))))
