@@ -25,6 +25,7 @@ DEMO_SIZES = {
         "residual": True, "kl_weight": 0.2, "free_bits": 0.0, "decoder_temperature": 0.0,
         "adaptive_scale": 4.0, "momentum": True, "sign_invariant": True, "closed_loop_weight": 1.0,
         "latent_persistence": 0.9, "fresh_forecast_latent": True, "equivariant": True,
+        "latent_temperature": 0.8, "mirror_samples": True,
     },
     "grunf": {
         "hidden": 32, "num_gru_layers": 1, "num_blocks": 2, "flow_hidden": 32, "flow_layers": 2,

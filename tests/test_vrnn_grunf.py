@@ -67,7 +67,7 @@ CONFIGS = {
         "vrnn",
         {"hidden": 16, "latent": 4, "prior_hidden": 16, "posterior_hidden": 16, "decoder_hidden": 16,
          "equivariant": True, "latent_persistence": 0.9, "fresh_forecast_latent": True,
-         "decoder_temperature": 0.0},
+         "decoder_temperature": 0.0, "mirror_samples": True},
     ),
     "grunf": ("grunf", {"hidden": 16, "num_blocks": 2, "flow_hidden": 16, "flow_layers": 1}),
 }
@@ -501,3 +501,54 @@ def test_latent_persistence_keeps_the_marginal_prior():
 def test_latent_persistence_outside_0_1_is_refused(rho):
     with pytest.raises(ValueError, match=r"latent_persistence must be in \[0, 1\)"):
         _create("vrnn_eq", latent_persistence=rho)
+
+
+def _spread(samples):
+    """Mean over windows, steps and dimensions of the samples' standard deviation."""
+    return float(jnp.mean(jnp.std(samples, axis=0)))
+
+
+def test_latent_temperature_narrows_forecasts_only():
+    # The temperature scales the prior's noise when forecasting: the same keys draw the same
+    # noise, so below 1 the samples spread less, and near 0 they collapse onto one path (the
+    # decoder is deterministic here). Training's closed-loop rollouts keep temperature 1: the
+    # loss does not depend on it.
+    t = _trained("vrnn_eq")
+    context, key = _window()[:, :N], jax.random.PRNGKey(7)
+    base = _spread(_sampler("vrnn_eq")(t.final, context, horizon=M, rng=key, num_samples=S))
+    spreads = {}
+    for tau in (0.5, 1e-3):
+        f = _create("vrnn_eq", latent_temperature=tau)
+        sample = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+        spreads[tau] = _spread(sample(t.final, context, horizon=M, rng=key, num_samples=S))
+    assert base > 0
+    assert 0.3 * base < spreads[0.5] < 0.75 * base
+    assert spreads[1e-3] < 0.01 * base
+    batch = _data()[2]
+    losses = []
+    for tau in (1.0, 0.5):
+        f = _create("vrnn_eq", closed_loop_weight=1.0, latent_temperature=tau)
+        losses.append(float(quick_jit(f.loss)(t.final, batch, EVAL_KEY)[0]))
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0])
+def test_latent_temperature_must_be_positive(tau):
+    with pytest.raises(ValueError, match="latent_temperature must be > 0"):
+        _create("vrnn_eq", latent_temperature=tau)
+
+
+def test_mirrored_samples_average_to_the_damped_momentum_path():
+    # Antithetic pairs through the damped momentum path: the second half of the samples mirrors
+    # the first, so their mean is that path exactly. The path is computed here from the raw
+    # window and the learned per-dimension momentum rho: frame N-1 plus rho + ... + rho^k times
+    # its last step (the scaler is affine per dimension, so raw and scaled units agree).
+    t = _trained("vrnn_eq")
+    window = _window()
+    s = np.asarray(_sampler("vrnn_eq")(t.final, window[:, :N], horizon=M, rng=jax.random.PRNGKey(4), num_samples=S))
+    rho = np.asarray(t.final["params"]["momentum"])
+    last, step = np.asarray(window[:, N - 1]), np.asarray(window[:, N - 1] - window[:, N - 2])
+    path = np.stack([last + step * sum(rho**j for j in range(1, k + 1)) for k in range(1, M + 1)], axis=1)
+    np.testing.assert_allclose(s.mean(0), path, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s[: S // 2] + s[S // 2 :], 2 * np.broadcast_to(path, s[: S // 2].shape), rtol=1e-4, atol=1e-4)
+    assert float(np.min(np.abs(s[0] - s[S // 2]))) > 0  # the mirror image is another sample

@@ -77,6 +77,13 @@ class VRNNForecaster(ForecastModule):
       hidden: GRU units. latent: size of z_t. *_hidden: widths of the prior, posterior and decoder MLPs.
       residual: decode steps in scale units instead of frames.
       kl_weight: weight of the KL term (beta). free_bits: KL per step below this is not penalised.
+      latent_temperature: scale of the prior's noise on z when forecasting (sampling and the
+        teacher-forced protocol; never in training): 1 samples the prior, below 1 narrows the
+        samples around their centre, like a flow's sampling temperature. Chosen on validation data.
+      mirror_samples: draw half of the samples and add their mirror images through the damped
+        momentum path (for the equivariant model, the forecast with z = 0 throughout):
+        antithetic pairs, so the samples' mean is that path exactly, whatever drift the learned
+        dynamics add, and the law of the deviations from it is symmetric. Half the rollouts.
       decoder_temperature: scale of the decoder's Gaussian noise when forecasting: 1 samples it,
         0 takes its mean (all randomness then comes from z, which is shared by all keypoints, so
         samples stay coherent), values between trade calibration against sharpness; chosen on
@@ -119,6 +126,8 @@ class VRNNForecaster(ForecastModule):
     kl_weight: float = 1.0
     free_bits: float = 0.0
     decoder_temperature: float = 1.0
+    latent_temperature: float = 1.0
+    mirror_samples: bool = False
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
     adaptive_scale: float = 4.0
@@ -136,6 +145,8 @@ class VRNNForecaster(ForecastModule):
 
     def __post_init__(self):
         # Checked at construction, so a bad config fails in one line before anything is traced.
+        if not self.latent_temperature > 0:
+            raise ValueError(f"vrnn: latent_temperature must be > 0, got {self.latent_temperature}")
         if not 0.0 <= self.latent_persistence < 1.0:
             raise ValueError(f"vrnn: latent_persistence must be in [0, 1) (an AR(1) coefficient), "
                              f"got {self.latent_persistence}")
@@ -228,11 +239,13 @@ class VRNNForecaster(ForecastModule):
         nll, kl = jnp.sum(gaussian_nll(target, mean, std), axis=-1), gaussian_kl(mq, sq, mp, sp)
         return self._advance(h, frame, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), (nll, kl)
 
-    def _forecast_step(self, carry, truth, anchor, scale):
-        """Prior step: predict a frame; feed it back (closed loop) or feed ``truth`` (teacher forcing)."""
+    def _forecast_step(self, carry, truth, anchor, scale, temperature):
+        """Prior step: predict a frame; feed it back (closed loop) or feed ``truth`` (teacher forcing).
+        ``temperature`` scales the prior's noise (with a persistent latent, its chain stays
+        stationary at N(0, temperature^2) in standardised units)."""
         h, prev, last_step, eps_prev = carry
         mp, sp, mp0, sp0 = self._prior(h, eps_prev)
-        z = mp + sp * jax.random.normal(self.make_rng("sample"), mp.shape, mp.dtype)
+        z = mp + sp * temperature * jax.random.normal(self.make_rng("sample"), mp.shape, mp.dtype)
         dz, mean, std = self._decode(h, z, last_step)
         head = mean
         if self.decoder_temperature > 0:
@@ -271,7 +284,7 @@ class VRNNForecaster(ForecastModule):
             b, t, d = x.shape
             state = self.encode(x[:, :n], step_scale)
             tiled = jax.tree_util.tree_map(lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), state)
-            rollouts = self.rollout(tiled, t - n, step_scale).reshape(k, b, t - n, d)
+            rollouts = self.rollout(tiled, t - n, step_scale, temperature=1.0).reshape(k, b, t - n, d)
             es = closed_loop_energy(rollouts, x, n, step_scale)
             metrics["closed_loop_es"] = es
             loss = loss + self.closed_loop_weight * es
@@ -283,26 +296,37 @@ class VRNNForecaster(ForecastModule):
         carry, _ = self._observe(context, context[:, 0], scale)
         return {"carry": carry, "anchor": context[:, 0], "scale": scale}
 
-    def rollout(self, state, horizon, step_scale, truth=None):
-        """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with ``truth``)."""
+    def rollout(self, state, horizon, step_scale, truth=None, temperature=None):
+        """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with
+        ``truth``); ``temperature`` defaults to ``latent_temperature`` (training passes 1)."""
         anchor, scale, carry = state["anchor"], state["scale"], state["carry"]
+        tau = self.latent_temperature if temperature is None else temperature
         if self.fresh_forecast_latent and self.latent_persistence > 0:
             # The forecast's latent starts from its stationary law, not from the context's last one.
             eps = carry[3]
-            carry = carry[:3] + (jax.random.normal(self.make_rng("sample"), eps.shape, eps.dtype),)
+            carry = carry[:3] + (tau * jax.random.normal(self.make_rng("sample"), eps.shape, eps.dtype),)
         # The first step runs before the scan. Its state is the encoded context's, the same for every
         # sample, so under the sampler's vmap its state-side products (the prior, the GRU's recurrent
         # products, the state's part of the decoder) are computed once, not once per sample.
-        carry, first = self._forecast_step(carry, None if truth is None else truth[:, 0], anchor, scale)
+        carry, first = self._forecast_step(carry, None if truth is None else truth[:, 0], anchor, scale, tau)
         if horizon == 1:
             return first[:, None]
         if truth is None:
-            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale)
+            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale, tau)
             _, frames = self._scan(body, carry, None, length=horizon - 1)
         else:
-            body = lambda m, c, f: m._forecast_step(c, f, anchor, scale)
+            body = lambda m, c, f: m._forecast_step(c, f, anchor, scale, tau)
             _, frames = self._scan(body, carry, truth[:, 1:])
         return jnp.concatenate([first[:, None], frames], axis=1)
+
+    def mirror_center(self, state, horizon):
+        """The damped momentum path ``[B, M, D]`` from ``encode``'s state: steps ``rho^k`` times the
+        last observed step (hold-last without momentum); ``mirror_samples`` mirrors through it."""
+        _, prev, last_step, _ = state["carry"]
+        if not (self.momentum and self.residual):
+            return jnp.broadcast_to(prev[:, None], (prev.shape[0], horizon, prev.shape[-1]))
+        powers = self.rho ** jnp.arange(1, horizon + 1, dtype=prev.dtype)[:, None]  # [M, D]
+        return prev[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * state["scale"][:, None]
 
     def sample(self, context, horizon, step_scale):
         """Closed loop: posterior over ``context [B, N, D]``, then prior and own outputs for ``horizon`` steps."""
