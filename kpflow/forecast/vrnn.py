@@ -325,7 +325,7 @@ class VRNNForecaster(ForecastModule):
         _, prev, last_step, _ = state["carry"]
         if not (self.momentum and self.residual):
             return jnp.broadcast_to(prev[:, None], (prev.shape[0], horizon, prev.shape[-1]))
-        powers = self.rho ** jnp.arange(1, horizon + 1, dtype=prev.dtype)[:, None]  # [M, D]
+        powers = jnp.cumprod(jnp.broadcast_to(self.rho, (horizon, prev.shape[-1])), axis=0)  # rho^k [M, D]
         return prev[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * state["scale"][:, None]
 
     def sample(self, context, horizon, step_scale):
