@@ -545,10 +545,12 @@ def test_mirrored_samples_average_to_the_damped_momentum_path():
     # its last step (the scaler is affine per dimension, so raw and scaled units agree).
     t = _trained("vrnn_eq")
     window = _window()
-    s = np.asarray(_sampler("vrnn_eq")(t.final, window[:, :N], horizon=M, rng=jax.random.PRNGKey(4), num_samples=S))
+    s = _sampler("vrnn_eq")(t.final, window[:, :N], horizon=M, rng=jax.random.PRNGKey(4), num_samples=S)
+    s = np.asarray(s)
     rho = np.asarray(t.final["params"]["momentum"])
     last, step = np.asarray(window[:, N - 1]), np.asarray(window[:, N - 1] - window[:, N - 2])
     path = np.stack([last + step * sum(rho**j for j in range(1, k + 1)) for k in range(1, M + 1)], axis=1)
     np.testing.assert_allclose(s.mean(0), path, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(s[: S // 2] + s[S // 2 :], 2 * np.broadcast_to(path, s[: S // 2].shape), rtol=1e-4, atol=1e-4)
+    pair_sums = s[: S // 2] + s[S // 2 :]
+    np.testing.assert_allclose(pair_sums, 2 * np.broadcast_to(path, pair_sums.shape), rtol=1e-4, atol=1e-4)
     assert float(np.min(np.abs(s[0] - s[S // 2]))) > 0  # the mirror image is another sample

@@ -65,9 +65,6 @@ class ForecastModule(nn.Module):
     # ``rollout(state, horizon)`` (once per sample); the wrapper then vmaps only the rollout.
     two_phase_sampling = False
 
-    # A two-phase module with a true ``mirror_samples`` attribute and a ``mirror_center(state,
-    # horizon)`` method (a path ``[B, M, D]``) draws half of its samples and mirrors them through it.
-
     def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
         """``x [B, N+M, D]`` scaled -> (scalar, metrics dict)."""
         raise NotImplementedError
@@ -172,7 +169,10 @@ class Forecaster:
 
     def _two_phase(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int):
         """Encode the context once, then vmap the rollout over sample keys: the context's work is
-        not repeated S times (the samples share one posterior pass over the observed frames)."""
+        not repeated S times (the samples share one posterior pass over the observed frames).
+
+        A module with a true ``mirror_samples`` attribute draws half of the samples and adds their
+        mirror images through its ``mirror_center(state, horizon)`` path ``[B, M, D]``."""
         scaler = self.scaler_of(variables)
         mvars = self._module_variables(variables)
         z = scaler.transform(context)
@@ -183,13 +183,14 @@ class Forecaster:
         def one(key):
             return self.module.apply(mvars, state, horizon, scaler.step_scale, rngs={"sample": key}, method=mod.rollout)
 
-        if not getattr(self.module, "mirror_samples", False):
-            return scaler.inverse(jax.vmap(one)(jax.random.split(roll_rng, num_samples)))
-        # Antithetic pairs: x and its mirror image 2c - x through the module's centre path c. The
-        # scaler is affine per dimension, so mirroring in scaled units is mirroring in raw ones.
-        drawn = jax.vmap(one)(jax.random.split(roll_rng, (num_samples + 1) // 2))
-        center = self.module.apply(mvars, state, horizon, method=mod.mirror_center)
-        return scaler.inverse(jnp.concatenate([drawn, 2 * center - drawn])[:num_samples])
+        mirror = getattr(self.module, "mirror_samples", False)
+        out = jax.vmap(one)(jax.random.split(roll_rng, (num_samples + 1) // 2 if mirror else num_samples))
+        if mirror:
+            # Antithetic pairs: x and its mirror image 2c - x through the centre path c. The scaler
+            # is affine per dimension, so mirroring in scaled units is mirroring in raw ones.
+            center = self.module.apply(mvars, state, horizon, method=mod.mirror_center)
+            out = jnp.concatenate([out, 2 * center - out])[:num_samples]
+        return scaler.inverse(out)
 
     def teacher_forced(self, variables: Variables, window: jnp.ndarray, rng: jax.Array, num_samples: int = 1):
         """``window [B, N+M, D]`` raw -> ``[S, B, M, D]`` under the authors' teacher-forced protocol."""
