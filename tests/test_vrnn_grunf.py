@@ -538,6 +538,53 @@ def test_latent_temperature_must_be_positive(tau):
         _create("vrnn_eq", latent_temperature=tau)
 
 
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_mixture_of_latent_temperatures_draws_each_at_its_own(mirror):
+    # (0.5, 1.5): draw i at temperature 0.5 or 1.5 in turn, with the keys that one temperature
+    # would give it; mirror images (the second half, when mirroring) at their draw's. So every
+    # sample of the mixture is the same-index sample of one of the two single-temperature models.
+    t = _trained("vrnn_eq")
+    context, key, s = _window()[:, :N], jax.random.PRNGKey(9), 6
+    draws = (s + 1) // 2 if mirror else s
+
+    def run(tau, fn="sample"):
+        f = _create("vrnn_eq", latent_temperature=tau, mirror_samples=mirror)
+        if fn == "sample":
+            call = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+            return np.asarray(call(t.final, context, horizon=M, rng=key, num_samples=s))
+        call = quick_jit(f.teacher_forced, static_argnames="num_samples")
+        return np.asarray(call(t.final, _window(), key, num_samples=s))
+
+    mixed, low, high = run((0.5, 1.5)), run(0.5), run(1.5)
+    for i in range(s):
+        want = low if (i % draws) % 2 == 0 else high
+        np.testing.assert_allclose(mixed[i], want[i], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(low, high)  # the two temperatures give different samples
+    if not mirror:  # the teacher-forced protocol (no mirroring there) mixes them the same way
+        mixed, low, high = run((0.5, 1.5), "tf"), run(0.5, "tf"), run(1.5, "tf")
+        np.testing.assert_allclose(mixed[0::2], low[0::2], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mixed[1::2], high[1::2], rtol=1e-5, atol=1e-6)
+
+
+def test_a_latent_temperature_mixture_leaves_the_loss_alone_and_needs_a_draws_temperature():
+    t, batch = _trained("vrnn_eq"), _data()[2]
+    losses = [float(quick_jit(_create("vrnn_eq", closed_loop_weight=1.0, latent_temperature=tau).loss)(
+        t.final, batch, EVAL_KEY)[0]) for tau in (0.8, (0.4, 0.8, 1.2))]
+    assert losses[0] == losses[1]
+    f = _create("vrnn_eq", latent_temperature=[0.4, 1.2])  # a list (a config read from JSON) is kept as a tuple
+    assert f.module.latent_temperature == (0.4, 1.2)
+    scaler = f.scaler_of(t.final)
+    with pytest.raises(ValueError, match="is a mixture, drawn per sample"):
+        f.module.apply({k: v for k, v in t.final.items() if k != "scaler"}, scaler.transform(_window()[:, :N]),
+                       M, scaler.step_scale, rngs={"sample": EVAL_KEY}, method=type(f.module).sample)
+
+
+@pytest.mark.parametrize("tau", [(), (0.8, 0.0), (-1.0,)])
+def test_a_latent_temperature_mixture_must_be_positive(tau):
+    with pytest.raises(ValueError, match="latent_temperature must be > 0"):
+        _create("vrnn_eq", latent_temperature=tau)
+
+
 def test_mirrored_samples_average_to_the_damped_momentum_path():
     # Antithetic pairs through the damped momentum path: the second half of the samples mirrors
     # the first, so their mean is that path exactly. The path is computed here from the raw

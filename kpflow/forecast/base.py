@@ -77,6 +77,12 @@ class ForecastModule(nn.Module):
         """``x [B, N+M, D]`` scaled -> ``[B, M, D]``: step t predicted after feeding true frames < t."""
         raise NotImplementedError(f"{type(self).__name__} is not recurrent: it has no teacher-forced protocol")
 
+    def draw_temperatures(self, num_draws: int):
+        """Per-draw sampling temperatures ``[num_draws]``, passed to ``rollout`` and ``teacher_forced`` as
+        ``temperature=``, for a module whose samples mix several temperatures; None (the default):
+        every draw at the module's own."""
+        del num_draws  # none here: every draw at the module's own temperature
+
 
 @dataclasses.dataclass(frozen=True)
 class Forecaster:
@@ -147,15 +153,17 @@ class Forecaster:
         return loss, metrics
 
     # -- sampling -------------------------------------------------------------------------------
-    def _vmapped(self, variables: Variables, fn: Callable, inputs: jnp.ndarray, rng: jax.Array, num_samples: int):
+    def _vmapped(self, variables: Variables, fn: Callable, inputs: jnp.ndarray, rng: jax.Array, num_samples: int,
+                 temperatures: jnp.ndarray | None = None):
         scaler = self.scaler_of(variables)
         mvars = self._module_variables(variables)
         z = scaler.transform(inputs)
+        keys = jax.random.split(rng, num_samples)
 
-        def one(key):
-            return self.module.apply(mvars, z, scaler.step_scale, rngs={"sample": key}, method=fn)
+        def one(key, *tau):  # tau: this draw's temperature, when the module mixes several
+            return self.module.apply(mvars, z, scaler.step_scale, *tau, rngs={"sample": key}, method=fn)
 
-        out = jax.vmap(one)(jax.random.split(rng, num_samples))  # [S, B, M, D]
+        out = jax.vmap(one)(keys) if temperatures is None else jax.vmap(one)(keys, temperatures)  # [S, B, M, D]
         return scaler.inverse(out)
 
     def sample(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int = 1):
@@ -180,11 +188,15 @@ class Forecaster:
         mod = type(self.module)
         state = self.module.apply(mvars, z, scaler.step_scale, rngs={"sample": enc_rng}, method=mod.encode)
 
-        def one(key):
-            return self.module.apply(mvars, state, horizon, scaler.step_scale, rngs={"sample": key}, method=mod.rollout)
+        def one(key, *tau):  # tau: this draw's temperature, when the module mixes several
+            extra = {"temperature": tau[0]} if tau else {}
+            return self.module.apply(mvars, state, horizon, scaler.step_scale, rngs={"sample": key},
+                                     method=mod.rollout, **extra)
 
         mirror = getattr(self.module, "mirror_samples", False)
-        out = jax.vmap(one)(jax.random.split(roll_rng, (num_samples + 1) // 2 if mirror else num_samples))
+        keys = jax.random.split(roll_rng, (num_samples + 1) // 2 if mirror else num_samples)
+        taus = self.module.draw_temperatures(len(keys))
+        out = jax.vmap(one)(keys) if taus is None else jax.vmap(one)(keys, taus)
         if mirror:
             # Antithetic pairs: x and its mirror image 2c - x through the centre path c. The scaler
             # is affine per dimension, so mirroring in scaled units is mirroring in raw ones.
@@ -196,8 +208,9 @@ class Forecaster:
         """``window [B, N+M, D]`` raw -> ``[S, B, M, D]`` under the authors' teacher-forced protocol."""
         if not self.supports_teacher_forcing:
             raise ValueError(f"{self.name} is not recurrent: the teacher_forced protocol does not apply")
-        fn = lambda mdl, z, step_scale: mdl.teacher_forced(z, step_scale)
-        return self._vmapped(variables, fn, window, rng, num_samples)
+        fn = lambda mdl, z, step_scale, *tau: mdl.teacher_forced(z, step_scale, *tau)
+        taus = self.module.draw_temperatures(num_samples)
+        return self._vmapped(variables, fn, window, rng, num_samples, taus)
 
 
 def residual_head_to_frame(prev: jnp.ndarray, head: jnp.ndarray, step_scale: jnp.ndarray, residual: bool) -> jnp.ndarray:

@@ -80,6 +80,11 @@ class VRNNForecaster(ForecastModule):
       latent_temperature: scale of the prior's noise on z when forecasting (sampling and the
         teacher-forced protocol; never in training): 1 samples the prior, below 1 narrows the
         samples around their centre, like a flow's sampling temperature. Chosen on validation data.
+        A tuple of temperatures is a scale mixture: the draws cycle through them (draw i at
+        ``latent_temperature[i % len]``, mirror images at their draw's), so one window's samples
+        hold tight and wide futures at once. That hedges against a new speaker moving more or less
+        than the training speakers did, where one temperature is too wide for some and too narrow
+        for others.
       mirror_samples: draw half of the samples and add their mirror images through the damped
         momentum path (for the equivariant model, the forecast with z = 0 throughout):
         antithetic pairs, so the samples' mean is that path exactly, whatever drift the learned
@@ -126,7 +131,7 @@ class VRNNForecaster(ForecastModule):
     kl_weight: float = 1.0
     free_bits: float = 0.0
     decoder_temperature: float = 1.0
-    latent_temperature: float = 1.0
+    latent_temperature: float | tuple[float, ...] = 1.0
     mirror_samples: bool = False
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
@@ -145,8 +150,13 @@ class VRNNForecaster(ForecastModule):
 
     def __post_init__(self):
         # Checked at construction, so a bad config fails in one line before anything is traced.
-        if not self.latent_temperature > 0:
-            raise ValueError(f"vrnn: latent_temperature must be > 0, got {self.latent_temperature}")
+        temps = self.latent_temperature
+        if isinstance(temps, (list, tuple)):
+            # A list (a config read back from JSON) becomes a tuple: module fields must be hashable.
+            object.__setattr__(self, "latent_temperature", temps := tuple(float(t) for t in temps))
+        if not all(t > 0 for t in (temps if isinstance(temps, tuple) else (temps,))) or temps == ():
+            raise ValueError(f"vrnn: latent_temperature must be > 0 (or a non-empty tuple of such), "
+                             f"got {self.latent_temperature}")
         if not 0.0 <= self.latent_persistence < 1.0:
             raise ValueError(f"vrnn: latent_persistence must be in [0, 1) (an AR(1) coefficient), "
                              f"got {self.latent_persistence}")
@@ -296,11 +306,25 @@ class VRNNForecaster(ForecastModule):
         carry, _ = self._observe(context, context[:, 0], scale)
         return {"carry": carry, "anchor": context[:, 0], "scale": scale}
 
+    def draw_temperatures(self, num_draws: int):
+        """``[num_draws]`` latent temperatures of a mixture (``latent_temperature`` a tuple of two or
+        more), draw i at entry ``i % len``; None for one temperature (the rollout's default)."""
+        temps = self.latent_temperature
+        if not isinstance(temps, tuple) or len(temps) == 1:
+            return None
+        return jnp.asarray([temps[i % len(temps)] for i in range(num_draws)], jnp.float32)
+
     def rollout(self, state, horizon, step_scale, truth=None, temperature=None):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with
-        ``truth``); ``temperature`` defaults to ``latent_temperature`` (training passes 1)."""
+        ``truth``); ``temperature`` defaults to ``latent_temperature`` (training passes 1). A mixture
+        of temperatures is drawn per sample: ``Forecaster`` passes each draw's (``draw_temperatures``)."""
         anchor, scale, carry = state["anchor"], state["scale"], state["carry"]
         tau = self.latent_temperature if temperature is None else temperature
+        if isinstance(tau, tuple):
+            if len(tau) > 1:
+                raise ValueError(f"vrnn: latent_temperature {tau} is a mixture, drawn per sample; pass this "
+                                 "draw's temperature (Forecaster.sample and teacher_forced do)")
+            tau = tau[0]
         if self.fresh_forecast_latent and self.latent_persistence > 0:
             # The forecast's latent starts from its stationary law, not from the context's last one.
             eps = carry[3]
@@ -332,7 +356,8 @@ class VRNNForecaster(ForecastModule):
         """Closed loop: posterior over ``context [B, N, D]``, then prior and own outputs for ``horizon`` steps."""
         return self.rollout(self.encode(context, step_scale), horizon, step_scale)
 
-    def teacher_forced(self, x, step_scale):
+    def teacher_forced(self, x, step_scale, temperature=None):
         """The authors' protocol: frame t is predicted from the prior, then the TRUE frame t is fed in."""
         n = self.num_observed
-        return self.rollout(self.encode(x[:, :n], step_scale), x.shape[1] - n, step_scale, truth=x[:, n:])
+        state = self.encode(x[:, :n], step_scale)
+        return self.rollout(state, x.shape[1] - n, step_scale, truth=x[:, n:], temperature=temperature)
