@@ -153,10 +153,11 @@ class VRNNForecaster(ForecastModule):
         temps = self.latent_temperature
         if isinstance(temps, (list, tuple)):
             # A list (a config read back from JSON) becomes a tuple: module fields must be hashable.
-            object.__setattr__(self, "latent_temperature", temps := tuple(float(t) for t in temps))
-        if not all(t > 0 for t in (temps if isinstance(temps, tuple) else (temps,))) or temps == ():
-            raise ValueError(f"vrnn: latent_temperature must be > 0 (or a non-empty tuple of such), "
-                             f"got {self.latent_temperature}")
+            temps = tuple(float(t) for t in temps)
+            object.__setattr__(self, "latent_temperature", temps)
+        values = temps if isinstance(temps, tuple) else (temps,)
+        if not values or not all(t > 0 for t in values):
+            raise ValueError(f"vrnn: latent_temperature must be > 0 (or a non-empty tuple of such), got {temps}")
         if not 0.0 <= self.latent_persistence < 1.0:
             raise ValueError(f"vrnn: latent_persistence must be in [0, 1) (an AR(1) coefficient), "
                              f"got {self.latent_persistence}")
