@@ -152,9 +152,10 @@ class VRNNForecaster(ForecastModule):
         # Checked at construction, so a bad config fails in one line before anything is traced.
         temps = self.latent_temperature
         if isinstance(temps, (list, tuple)):
-            # A list (a config read back from JSON) becomes a tuple: module fields must be hashable.
+            # A list (a config read back from JSON) becomes a tuple, as module fields must be
+            # hashable; one entry is one temperature.
             temps = tuple(float(t) for t in temps)
-            object.__setattr__(self, "latent_temperature", temps)
+            object.__setattr__(self, "latent_temperature", temps[0] if len(temps) == 1 else temps)
         values = temps if isinstance(temps, tuple) else (temps,)
         if not values or not all(t > 0 for t in values):
             raise ValueError(f"vrnn: latent_temperature must be > 0 (or a non-empty tuple of such), got {temps}")
@@ -308,10 +309,10 @@ class VRNNForecaster(ForecastModule):
         return {"carry": carry, "anchor": context[:, 0], "scale": scale}
 
     def draw_temperatures(self, num_draws: int):
-        """``[num_draws]`` latent temperatures of a mixture (``latent_temperature`` a tuple of two or
-        more), draw i at entry ``i % len``; None for one temperature (the rollout's default)."""
+        """``[num_draws]`` latent temperatures of a mixture (``latent_temperature`` a tuple), draw i at
+        entry ``i % len``; None for one temperature (the rollout's default)."""
         temps = self.latent_temperature
-        if not isinstance(temps, tuple) or len(temps) == 1:
+        if not isinstance(temps, tuple):
             return None
         return jnp.asarray([temps[i % len(temps)] for i in range(num_draws)], jnp.float32)
 
@@ -321,11 +322,10 @@ class VRNNForecaster(ForecastModule):
         of temperatures is drawn per sample: ``Forecaster`` passes each draw's (``draw_temperatures``)."""
         anchor, scale, carry = state["anchor"], state["scale"], state["carry"]
         tau = self.latent_temperature if temperature is None else temperature
-        if isinstance(tau, tuple):
-            if len(tau) > 1:
-                raise ValueError(f"vrnn: latent_temperature {tau} is a mixture, drawn per sample; pass this "
-                                 "draw's temperature (Forecaster.sample and teacher_forced do)")
-            tau = tau[0]
+        if isinstance(tau, tuple):  # a configuration mistake, not a wrong argument type
+            msg = (f"vrnn: latent_temperature {tau} is a mixture, drawn per sample; pass this draw's "
+                   "temperature (Forecaster.sample and teacher_forced do)")
+            raise ValueError(msg)  # noqa: TRY004
         if self.fresh_forecast_latent and self.latent_persistence > 0:
             # The forecast's latent starts from its stationary law, not from the context's last one.
             eps = carry[3]
