@@ -1,0 +1,46 @@
+"""What every command line of kpflow shares: the usage error, one-line messages, absl flag parsing.
+
+Conventions (see ``docs/contributing.md``): the trainers (``train/``) take an ml_collections config
+through absl flags (``--config configs/x.py:arg --config.train.seed=1``); the evaluation and
+benchmark CLIs (``eval/``) use argparse. Either way a mistake a user can fix is one line on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument or input that the user can fix: printed as one line, exit status 2."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An exception (or message) as one line: lines joined, a trailing ``Type: message`` unwrapped.
+
+    ml_collections embeds a config file's whole traceback in its error; only its last line is kept.
+    """
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
+
+def fail(message: BaseException | str) -> SystemExit:
+    """``raise fail(e)``: exit with ``error: <one line>`` on stderr and status 1 (SystemExit's rule)."""
+    return SystemExit("error: " + one_line(message))
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing whose errors are one line: the ``flags_parser`` of ``app.run``."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # --config.train.nosuch=1
+        field = str(e).strip("\"'")
+        raise SystemExit(f"error: unknown config field {field!r} in a --config.* override") from None
+    except (flags.Error, ValueError, TypeError, OSError) as e:
+        raise SystemExit(f"error: {one_line(e)}") from None
