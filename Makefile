@@ -4,14 +4,19 @@
 #   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
 #   make bench    forecaster sampling, FOMM, end-to-end pipeline and real-time protocol speed (runs/bench_*.json)
 #   make lint     ruff
+#   make lock     refresh constraints.txt (the versions make installs) from a fresh, unpinned install
 #   make torch    the optional PyTorch extra (checkpoint conversion, parity tests)
 #   make clean    caches and demo output (keeps .venv and runs/); make distclean also drops .venv
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Re-install when pyproject.toml changes; otherwise repeat runs skip pip entirely.
+# Re-install when pyproject.toml or constraints.txt changes; otherwise repeat runs skip pip entirely.
 STAMP := $(VENV)/.installed
+# Versions known to pass here; `make lock` rewrites it.
+CONSTRAINTS := constraints.txt
+# The extras every target installs (make test runs their tests).
+EXTRAS ?= dev,torch
 # Tests run in TEST_WORKERS pytest-xdist processes (a test file stays in one process, so its
 # module fixtures are built once); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
@@ -20,18 +25,18 @@ PYTEST_ARGS ?=
 # The CPU wheel of torch available on these machines; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help setup test test-fast demo bench lint torch clean distclean
+.PHONY: help setup test test-fast demo bench lint lock torch clean distclean
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# //'
+	@sed -n '3,10p' Makefile | sed 's/^# //'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch (the CPU wheel, pinned, first) so that the FOMM conversion and parity tests run too.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -e ".[dev,torch]"
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(STAMP)
@@ -56,8 +61,20 @@ lint: $(STAMP)
 
 # torch first, pinned, so that pip sees it satisfied when resolving the extra.
 torch: $(STAMP)
-	$(PY) -m pip install "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -e ".[torch]"
+	$(PY) -m pip install -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[torch]"
+
+# A fresh venv with the newest versions pip finds for the same extras, frozen into constraints.txt.
+# Run make test afterwards and commit constraints.txt only when it passes.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(LOCK_VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	{ sed -n '1,2p' $(CONSTRAINTS); $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==$(TORCH_VERSION)+cpu$$/torch==$(TORCH_VERSION)/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache
