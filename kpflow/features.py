@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kpflow.keypoints import Keypoints
-from kpflow.metrics import motion_features
+from kpflow.metrics.kernels import motion_features
 
 
 @runtime_checkable
@@ -107,13 +107,9 @@ class KeypointTrajectoryFeatures:
 
 
 def _vjepa(**kwargs):
-    # Imported on demand: the module is optional and its weights are the user's.
-    try:
-        from kpflow.vjepa import VJEPAFeatures
-    except ModuleNotFoundError as err:
-        if err.name == "kpflow.vjepa":
-            raise ImportError("feature extractor 'vjepa' needs kpflow.vjepa, which this checkout does not have") from None
-        raise
+    # Imported on demand: only this extractor needs the V-JEPA model, and its weights are the user's.
+    from kpflow.vjepa import VJEPAFeatures
+
     return VJEPAFeatures(**kwargs)
 
 

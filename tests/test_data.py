@@ -211,12 +211,17 @@ def test_parse_horizon():
             kd.parse_horizon(bad)
 
 
-def test_batches_cover_an_epoch_once():
-    windows = np.arange(10)[:, None, None] * np.ones((1, 3, 2))
-    seen = [b[:, 0, 0] for b in kd.batches(windows, 4, np.random.default_rng(0), drop_remainder=False)]
-    assert [len(b) for b in seen] == [4, 4, 2]
-    assert sorted(np.concatenate(seen).tolist()) == list(range(10))
-    assert [len(b) for b in kd.batches(windows, 4, np.random.default_rng(0))] == [4, 4]
+def test_epoch_batches_draw_each_window_once_per_pass():
+    windows = np.arange(12)[:, None, None] * np.ones((1, 3, 2))
+    stream = kd.epoch_batches(windows, 4, seed=0, epoch=0)
+    passes = [np.concatenate([next(stream)[:, 0, 0] for _ in range(3)]) for _ in range(2)]
+    for seen in passes:
+        assert sorted(seen.tolist()) == list(range(12))  # a permutation: every window once
+    assert passes[0].tolist() != passes[1].tolist()  # reshuffled on the next pass
+    ten = kd.epoch_batches(windows[:10], 4, seed=0, epoch=0)
+    assert [len(next(ten)) for _ in range(3)] == [4, 4, 4]  # the remainder is dropped, never short
+    few = next(kd.epoch_batches(windows[:3], 4, seed=0, epoch=0))  # fewer than a batch: all of them
+    assert sorted(few[:, 0, 0].tolist()) == [0, 1, 2]
 
 
 # -- synthetic ------------------------------------------------------------------------------------

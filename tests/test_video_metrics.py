@@ -3,7 +3,6 @@ the video feature extractors, against scikit-image and direct float64 loops."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from types import SimpleNamespace
 
@@ -162,43 +161,6 @@ def test_keypoint_ratio_still_uses_the_plain_ratio():
     assert (out["ratio_mean"], out["ratio_median"]) == (pytest.approx(4.5), pytest.approx(4.5))
 
 
-def _direct_poly_mmd2(x, y, unbiased: bool) -> float:
-    """Double loops in float64 with JEDi's kernel (<a, b> / F) ** 2."""
-    f = x.shape[1]
-    k = lambda a, b: (float(np.dot(a, b)) / f) ** 2
-    n, m = len(x), len(y)
-    off = lambda i, j: unbiased and i == j
-    kxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if not off(i, j)) / (n * (n - 1) if unbiased else n * n)
-    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if not off(i, j)) / (m * (m - 1) if unbiased else m * m)
-    kxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
-    return kxx + kyy - 2 * kxy
-
-
-def test_jedi_matches_direct_loops():
-    rng = np.random.default_rng(6)
-    x, y = rng.normal(size=(9, 4)), rng.normal(0.4, 1.3, size=(7, 4))
-    for unbiased in (True, False):
-        expected = 100.0 * _direct_poly_mmd2(x, y, unbiased)
-        assert metrics.jedi(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
-    as32 = lambda a: jnp.asarray(a, jnp.float32)
-    assert float(metrics.jedi(as32(x), as32(y))) == pytest.approx(100.0 * _direct_poly_mmd2(x, y, True), rel=1e-4)
-    # The JEDi reference code's own example (videojedi/mmd_polynomial.py): degree 2, coef0 0 -> 270.7.
-    a = np.arange(1, 10, dtype=np.float64).reshape(3, 3)
-    b = np.array([[7, 6, 5], [4, 3, 2], [1, 1, 8], [0, 2, 5]], np.float64)
-    assert metrics.jedi(a, b, unbiased=False) / metrics.JEDI_SCALE == pytest.approx(270.7, abs=0.05)
-
-
-def test_jedi_separates_distributions():
-    rng = np.random.default_rng(7)
-    a, b = rng.normal(1.0, 1.0, size=(300, 8)), rng.normal(1.0, 1.0, size=(300, 8))
-    shifted = rng.normal(1.5, 1.0, size=(300, 8))
-    same, different = metrics.jedi(a, b), metrics.jedi(a, shifted)
-    assert metrics.jedi(a, a[::-1].copy()) == pytest.approx(metrics.jedi(a, a), abs=1e-12)
-    assert abs(same) < 5.0 and different > 50.0 and different > 20 * abs(same), (same, different)
-    with pytest.raises(ValueError, match="jedi: expected"):
-        metrics.jedi(a, b[:, :4])
-
-
 def test_energy_score_on_keypoint_samples():
     rng = np.random.default_rng(8)
     samples, target = rng.normal(size=(4, 3, 2, 6)), rng.normal(size=(3, 2, 6))  # [S, W, M, D], [W, M, D]
@@ -284,7 +246,6 @@ def test_feature_extractors_reject_bad_input():
         features.get_extractor("i3d")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kpflow.vjepa") is None, reason="kpflow.vjepa is not in this checkout yet")
 def test_vjepa_extractor_needs_its_weights():
     with pytest.raises((FileNotFoundError, ValueError)) as err:
         features.get_extractor("vjepa", weights="/nonexistent")

@@ -1,27 +1,22 @@
-"""Video datasets in FOMM's layouts: reading every format, errors, pair sampling, batches and
-augmentation (kpflow.data.videos), and the synthetic videos (kpflow.data.synthetic_video)."""
+"""Reading videos in FOMM's formats and layouts, and their errors (kpflow.data.videos), and the
+synthetic videos (kpflow.data.synthetic_video). Pairs and batches: test_video_pairs.py;
+augmentation: test_video_augment.py."""
 
 from __future__ import annotations
 
-import colorsys
-
 import imageio.v3 as iio
-import ml_collections
 import numpy as np
 import pytest
 
 from kpflow.data import synthetic_video
 from kpflow.data.synthetic_video import make_synthetic_videos
+from kpflow.data.video_pairs import VideoFolder
 from kpflow.data.videos import (
-    Augmentation,
     NoVideosError,
-    PairBatches,
-    VideoFolder,
     VideoReadError,
-    _hsv_to_rgb,
-    _rgb_to_hsv,
     list_videos,
     read_video,
+    resolve_videos,
 )
 
 SIZE, FRAMES, TRAIN, TEST = 32, 12, 4, 2
@@ -164,234 +159,6 @@ def test_list_videos_finds_files_and_frame_folders(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets
-
-
-def test_splits_and_id_sampling_group_by_identity(datasets, tmp_path):
-    root, written = datasets["mp4"]
-    train = VideoFolder(root, "train", frame_shape=(SIZE, SIZE))
-    assert len(train) == train.num_videos == TRAIN
-    assert train.names == sorted(p.stem for p in written["train"])
-    assert len(VideoFolder(root, "test", frame_shape=None)) == TEST
-
-    by_id = VideoFolder(root, "train", frame_shape=(SIZE, SIZE), id_sampling=True)
-    assert len(by_id) == 2 and by_id.ids == ["id0000", "id0001"]
-    rng = np.random.default_rng(0)
-    for index, identity in enumerate(by_id.ids):
-        names = {by_id.sample_pair(index, rng)["name"] for _ in range(20)}
-        # Every video of the identity is drawn, and only those.
-        assert names == {n for n in by_id.names if n.startswith(identity + "#")}
-        assert len(names) == TRAIN // 2
-    with pytest.raises(IndexError):
-        by_id.sample_pair(2, rng)
-
-    # A flat folder (no train/ or test/) is used as it is, for any split.
-    flat = VideoFolder(root / "test", split="train", frame_shape=None)
-    assert flat.folder == root / "test" and len(flat) == TEST
-    # A FOMM layout with a split missing is an error, not a silent fallback to root.
-    (tmp_path / "train").mkdir()
-    with pytest.raises(NoVideosError, match="no test/ folder"):
-        VideoFolder(tmp_path, "test")
-
-
-def test_sample_pair_draws_two_distinct_frames_in_time_order(datasets):
-    root, _ = datasets["png"]  # lossless, so drawn frames can be matched exactly
-    ds = VideoFolder(root, "train", frame_shape=(SIZE, SIZE))
-    rng = np.random.default_rng(1)
-    for index in range(len(ds)):
-        name, frames = ds.video(index)
-        assert name == ds.names[index] and frames.shape == (FRAMES, SIZE, SIZE, 3)
-        for _ in range(5):
-            pair = ds.sample_pair(index, rng)
-            assert pair["name"] == name
-            assert pair["source"].shape == pair["driving"].shape == (SIZE, SIZE, 3)
-            assert pair["source"].dtype == np.float32
-            i = [t for t in range(FRAMES) if np.array_equal(frames[t], pair["source"])]
-            j = [t for t in range(FRAMES) if np.array_equal(frames[t], pair["driving"])]
-            assert len(i) == len(j) == 1 and i[0] < j[0]
-
-
-def test_one_frame_video_gives_the_frame_twice(tmp_path):
-    frame = _random_frames((8, 8, 3))
-    iio.imwrite(tmp_path / "id1#single.png", frame)
-    ds = VideoFolder(tmp_path, split=None, frame_shape=(8, 8), cache=False)
-    pair = ds.sample_pair(0, np.random.default_rng(0))
-    np.testing.assert_array_equal(pair["source"], frame / np.float32(255))
-    np.testing.assert_array_equal(pair["driving"], pair["source"])
-
-
-def test_pair_batches_are_deterministic_per_seed_and_epoch(datasets):
-    root, _ = datasets["png"]
-    ds = VideoFolder(root, "train", frame_shape=(SIZE, SIZE))
-    batches = PairBatches(ds, batch_size=3, num_repeats=5, seed=7)
-    assert batches.steps_per_epoch == len(ds) * 5 // 3 == 6
-    epoch0 = list(batches.epoch(0))
-    assert len(epoch0) == batches.steps_per_epoch
-    for batch in epoch0:
-        assert set(batch) == {"source", "driving"}
-        assert batch["source"].shape == batch["driving"].shape == (3, SIZE, SIZE, 3)
-        assert batch["source"].dtype == np.float32
-
-    def stacked(epoch):
-        epoch = list(epoch)
-        return np.stack([b["source"] for b in epoch] + [b["driving"] for b in epoch])
-
-    again = PairBatches(ds, batch_size=3, num_repeats=5, seed=7)
-    np.testing.assert_array_equal(stacked(again.epoch(0)), stacked(epoch0))
-    assert not np.array_equal(stacked(batches.epoch(1)), stacked(epoch0))
-    other = PairBatches(ds, batch_size=3, num_repeats=5, seed=8)
-    assert not np.array_equal(stacked(other.epoch(0)), stacked(epoch0))
-    # Iterating runs epoch after epoch: batch steps_per_epoch is the first of epoch 1, as resumed.
-    stream = iter(batches)
-    for _ in range(batches.steps_per_epoch):
-        next(stream)
-    np.testing.assert_array_equal(next(stream)["source"], next(batches.epoch(1))["source"])
-
-    ragged = PairBatches(ds, batch_size=3, num_repeats=5, seed=7, drop_last=False)
-    sizes = [len(b["source"]) for b in ragged.epoch(0)]
-    assert ragged.steps_per_epoch == 7 and sizes == [3] * 6 + [2]
-    with pytest.raises(ValueError, match="batch_size 9 exceeds the 4 pairs"):
-        PairBatches(ds, batch_size=9, num_repeats=1, seed=0)
-
-
-def test_pair_batches_cover_every_item_num_repeats_times(datasets, monkeypatch):
-    root, _ = datasets["png"]
-    ds = VideoFolder(root, "train", frame_shape=(SIZE, SIZE))
-    drawn = []
-    original = ds.sample_pair
-
-    def recording(i, rng, aug):
-        drawn.append(i)
-        return original(i, rng, aug)
-
-    monkeypatch.setattr(ds, "sample_pair", recording)
-    list(PairBatches(ds, batch_size=2, num_repeats=3, seed=0).epoch(0))
-    assert sorted(drawn) == sorted(list(range(len(ds))) * 3)
-    assert drawn != sorted(drawn)  # shuffled
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation
-
-
-def _clip(seed=0, shape=(2, 12, 16, 3)) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
-
-
-def test_horizontal_flip_happens_about_half_the_time_and_flips(datasets):
-    aug = Augmentation({"flip_param": {"horizontal_flip": True, "time_flip": False}})
-    clip = _clip()
-    outcomes = []
-    for seed in range(40):
-        out = aug(clip, np.random.default_rng(seed))
-        flipped = np.array_equal(out, clip[:, :, ::-1])
-        assert flipped or np.array_equal(out, clip)
-        outcomes.append(flipped)
-    assert 8 <= sum(outcomes) <= 32  # both outcomes occur
-    # Joint: in a batch, source and driving are both mirrored or neither is.
-    ds = VideoFolder(datasets["png"][0], "train", frame_shape=(SIZE, SIZE))
-    frames = np.concatenate([ds.video(i)[1] for i in range(ds.num_videos)])
-
-    def mirrored(image):  # True/False: a (mirrored) frame of the dataset
-        if any(np.array_equal(image, f) for f in frames):
-            return False
-        assert any(np.array_equal(image[:, ::-1], f) for f in frames)
-        return True
-
-    batch = next(PairBatches(ds, 4, num_repeats=4, seed=0, augment=aug).epoch(0))
-    pairs = zip(batch["source"], batch["driving"], strict=True)
-    flips = [(mirrored(s), mirrored(d)) for s, d in pairs]
-    assert all(s == d for s, d in flips) and len({s for s, _ in flips}) == 2
-
-
-def test_time_flip_reverses_the_clip():
-    aug = Augmentation({"flip_param": {"time_flip": True}})
-    clip = _clip(shape=(3, 4, 4, 3))
-    outcomes = set()
-    for seed in range(20):
-        out = aug(clip, np.random.default_rng(seed))
-        reversed_ = np.array_equal(out, clip[::-1])
-        assert reversed_ or np.array_equal(out, clip)
-        outcomes.add(reversed_)
-    assert outcomes == {True, False}
-
-
-def test_jitter_with_zero_parameters_is_the_identity():
-    clip = _clip()
-    zero = {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
-    for params in ({}, {"jitter_param": zero}, {"flip_param": {}, "jitter_param": {}}):
-        np.testing.assert_array_equal(Augmentation(params)(clip, np.random.default_rng(0)), clip)
-
-
-def test_jitter_stays_in_range_and_is_one_draw_for_the_clip():
-    aug = Augmentation(
-        {"jitter_param": {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.5}}
-    )
-    frame = _clip(shape=(1, 12, 16, 3))
-    clip = np.concatenate([frame, frame, frame])
-    changed = 0
-    for seed in range(10):
-        out = aug(clip, np.random.default_rng(seed))
-        assert out.dtype == np.float32 and out.shape == clip.shape
-        assert out.min() >= 0 and out.max() <= 1
-        np.testing.assert_array_equal(out[0], out[2])  # the same factors for every frame
-        changed += not np.allclose(out, clip, atol=1e-3)
-    assert changed == 10
-
-
-def test_each_jitter_matches_its_definition():
-    rng = np.random.default_rng(0)
-    clip = _clip() * 0.5
-    out = Augmentation({"jitter_param": {"brightness": [1.5, 1.5]}})(clip, rng)
-    np.testing.assert_allclose(out, clip * 1.5, atol=1e-6)
-    grey = clip @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = Augmentation({"jitter_param": {"saturation": [0.0, 0.0]}})(clip, rng)
-    np.testing.assert_allclose(out, np.repeat(grey[..., None], 3, -1), atol=1e-6)
-    out = Augmentation({"jitter_param": {"contrast": [0.0, 0.0]}})(clip, rng)
-    frame_means = grey.mean((1, 2))[:, None, None, None]
-    np.testing.assert_allclose(out, np.broadcast_to(frame_means, clip.shape), atol=1e-6)
-    red = np.zeros((1, 2, 2, 3), np.float32)
-    red[..., 0] = 1
-    out = Augmentation({"jitter_param": {"hue": [1 / 3, 1 / 3]}})(red, rng)
-    np.testing.assert_allclose(out, np.roll(red, 1, axis=-1), atol=1e-6)  # red -> green
-    hsv_round_trip = _hsv_to_rgb(_rgb_to_hsv(clip.astype(np.float64)))
-    np.testing.assert_allclose(hsv_round_trip, clip, atol=1e-6)
-    colours = np.concatenate([clip.reshape(-1, 3)[:50], np.eye(3), [[0, 0, 0], [1, 1, 1]]])
-    reference = np.array([colorsys.rgb_to_hsv(*c) for c in colours])
-    np.testing.assert_allclose(_rgb_to_hsv(colours), reference, atol=1e-6)
-    with pytest.raises(ValueError, match="hue"):
-        Augmentation({"jitter_param": {"hue": 0.7}})
-    with pytest.raises(ValueError, match="rotation_param"):
-        Augmentation({"rotation_param": {"degrees": 10}})
-
-
-def test_crop_and_resize():
-    clip = _clip(shape=(2, 12, 16, 3))
-    rng = np.random.default_rng(0)
-    out = Augmentation({"crop_param": {"size": [8, 10]}})(clip, rng)
-    assert out.shape == (2, 8, 10, 3)
-    windows = [clip[:, y: y + 8, x: x + 10] for y in range(5) for x in range(7)]
-    assert any(np.array_equal(out, w) for w in windows)
-    # Larger than the clip: zero padded around it.
-    out = Augmentation({"crop_param": {"size": [14, 18]}})(clip, rng)
-    assert out.shape == (2, 14, 18, 3)
-    np.testing.assert_array_equal(out[:, 1:13, 1:17], clip)
-    assert out[:, 0].max() == 0 and out[:, :, -1].max() == 0
-    # A random resize keeps the clip's shape without crop_param, the crop's with it.
-    resize = Augmentation({"resize_param": {"ratio": [0.7, 1.3]}})
-    shapes = {resize(clip, np.random.default_rng(s)).shape for s in range(5)}
-    assert shapes == {clip.shape}
-    both = Augmentation({"resize_param": {"ratio": [2.0, 2.0]}, "crop_param": {"size": [24, 32]}})
-    np.testing.assert_allclose(both(clip, rng)[:, ::2, ::2].mean(), clip.mean(), atol=0.02)
-
-
-def test_augmentation_takes_a_config_dict():
-    cfg = ml_collections.ConfigDict({"flip_param": {"horizontal_flip": True, "time_flip": True}})
-    aug = Augmentation(cfg)
-    assert aug.horizontal_flip and aug.time_flip and not aug.jitter
-
-
-# ---------------------------------------------------------------------------------------------
 # Synthetic videos
 
 
@@ -432,8 +199,6 @@ def test_real_vox_videos_read_at_256(shared_dir):
 
 
 def test_resolve_videos_reads_one_video_a_folder_or_a_layouts_split(tmp_path):
-    from kpflow.data.videos import NoVideosError, resolve_videos
-
     paths = make_synthetic_videos(tmp_path / "root", num_train=1, num_test=2, num_frames=4, size=16, fmt="gif")
     assert resolve_videos(tmp_path / "root") == sorted(paths["test"])
     assert resolve_videos(tmp_path / "root", "train") == paths["train"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -145,6 +145,3 @@ def split_by_fraction(clips: ClipSet, fraction: float, seed: int = 0) -> tuple[C
     hold = sorted(rng.choice(names, n_hold, replace=False).tolist())
     return clips.subset([n for n in names if n not in hold]), clips.subset(hold)
 
-
-def as_mapping(clips: ClipSet | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-    return clips.clips if isinstance(clips, ClipSet) else clips

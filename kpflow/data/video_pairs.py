@@ -1,0 +1,219 @@
+"""(source, driving) frame pairs from a FOMM-layout video folder, for stage-1 FOMM training.
+
+``VideoFolder`` samples pairs of frames of one video (or one identity, with ``id_sampling``) and
+hands out whole videos for keypoint extraction; ``PairBatches`` batches the pairs epoch by epoch,
+as FOMM's ``DatasetRepeater`` + shuffled ``DataLoader`` do. Videos are read by
+:mod:`kpflow.data.videos`, augmented by :class:`kpflow.data.video_augment.Augmentation`.
+No jax, no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kpflow.data.video_augment import Augmentation
+from kpflow.data.videos import (
+    NO_VIDEOS_HINT,
+    NoVideosError,
+    decode_video,
+    frame_size,
+    frames_to_float,
+    identity_of,
+    list_videos,
+    video_name,
+)
+
+
+class VideoFolder:
+    """The videos of one split of a FOMM-layout folder, for pair sampling and extraction.
+
+    Layout: ``root/train/`` and ``root/test/`` hold the videos (any format ``read_video`` takes).
+    ``split=None`` reads ``root`` itself, and so does any split when ``root`` has neither a
+    ``train/`` nor a ``test/`` sub-folder (a flat folder of videos).
+
+    Args:
+      root: the dataset folder.
+      split: ``"train"``, ``"test"`` or None.
+      frame_shape: ``(H, W[, 3])`` every frame is resized to; None keeps the files' sizes.
+      id_sampling: FOMM's ``id_sampling``: an item is an identity (the name prefix before the first
+        ``#``), and each pair comes from a random video of that identity, so identities with many
+        videos are not over-sampled. ``len`` is then the number of identities.
+      cache: keep decoded videos in memory (uint8 when the files are 8-bit), so each video is
+        decoded once. The datasets used here are small (the 28 VoxCeleb train clips of
+        ``shared/data/vox_videos``, 9,330 frames at 256x256, take 1.8 GB as uint8); pass False for
+        larger ones.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "train",
+        frame_shape: Sequence[int] | None = (256, 256, 3),
+        id_sampling: bool = False,
+        cache: bool = True,
+    ):
+        root = Path(root)
+        if split not in ("train", "test", None):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+        folder = root
+        if split is not None:
+            if (root / split).is_dir():
+                folder = root / split
+            elif (root / "train").is_dir() or (root / "test").is_dir():
+                raise NoVideosError(
+                    f"{root} has the FOMM layout but no {split}/ folder; {NO_VIDEOS_HINT}"
+                )
+        self.root = root
+        self.folder = folder
+        self.split = split
+        self.frame_shape = frame_size(frame_shape)
+        self.id_sampling = bool(id_sampling)
+        self.cache = bool(cache)
+        self.paths: list[Path] = list_videos(folder)
+        self.names: list[str] = [video_name(p) for p in self.paths]
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.names):
+            groups.setdefault(identity_of(name), []).append(i)
+        self.ids: list[str] = sorted(groups)
+        self._videos_of_id: dict[str, list[int]] = groups
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.id_sampling else len(self.paths)
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoFolder({str(self.folder)!r}, {len(self.paths)} videos, {len(self.ids)} ids, "
+            f"frame_shape={self.frame_shape}, id_sampling={self.id_sampling})"
+        )
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.paths)
+
+    def _frames(self, video_index: int) -> np.ndarray:
+        """Video ``video_index`` decoded: ``[T, H, W, 3]`` uint8, or float32 for non-8-bit files."""
+        if video_index in self._cache:
+            return self._cache[video_index]
+        frames = decode_video(self.paths[video_index], self.frame_shape)
+        if self.cache:
+            self._cache[video_index] = frames
+        return frames
+
+    def video(self, i: int) -> tuple[str, np.ndarray]:
+        """Video ``i`` of ``self.paths`` (whatever ``id_sampling``): ``(name, frames [T, H, W, 3]
+        float32 in [0, 1])``, for testing and keypoint extraction."""
+        if not -len(self.paths) <= i < len(self.paths):
+            raise IndexError(f"video {i} out of range: {self.folder} has {len(self.paths)} videos")
+        i %= len(self.paths)  # one cache entry per video, whichever sign the index has
+        return self.names[i], frames_to_float(self._frames(i))
+
+    def sample_pair(
+        self,
+        index: int,
+        rng: np.random.Generator,
+        augment: Augmentation | None = None,
+    ) -> dict[str, Any]:
+        """One training pair, as FOMM's ``FramesDataset.__getitem__`` in train mode.
+
+        Item ``index`` (an identity with ``id_sampling``, else a video): two distinct frames drawn
+        uniformly without replacement, in time order (the same frame twice for a 1-frame video),
+        then ``augment`` applied to the two frames jointly.
+
+        Returns:
+          ``{"source": [H, W, 3], "driving": [H, W, 3]}`` float32 in [0, 1], and ``"name"``, the
+          video's clip name.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range: the dataset has {len(self)} items")
+        if self.id_sampling:
+            choices = self._videos_of_id[self.ids[index]]
+            video_index = choices[int(rng.integers(len(choices)))]
+        else:
+            video_index = index
+        frames = self._frames(video_index)
+        count = len(frames)
+        idx = np.sort(rng.choice(count, size=2, replace=count < 2))
+        pair = frames_to_float(frames[idx])
+        if augment is not None:
+            pair = augment(pair, rng)
+        return {"source": pair[0], "driving": pair[1], "name": self.names[video_index]}
+
+
+class PairBatches:
+    """Shuffled batches of training pairs, epoch by epoch (FOMM's ``DatasetRepeater`` + shuffled,
+    ``drop_last`` ``DataLoader``).
+
+    An epoch is ``num_repeats`` passes over the dataset: a permutation of ``num_repeats *
+    len(dataset)`` item slots. Epoch ``e`` draws everything (order, frames, augmentation) from
+    ``np.random.default_rng([seed, e])``, so a run resumed at epoch ``e`` sees the same batches.
+    Iterating the object itself runs epochs 0, 1, 2, ... forever.
+
+    Yields:
+      ``{"source": [B, H, W, 3], "driving": [B, H, W, 3]}`` float32 in [0, 1] numpy arrays (the
+      last batch is smaller when ``drop_last`` is False).
+    """
+
+    def __init__(
+        self,
+        dataset: VideoFolder,
+        batch_size: int,
+        num_repeats: int = 1,
+        seed: int = 0,
+        augment: Augmentation | None = None,
+        drop_last: bool = True,
+    ):
+        if batch_size < 1 or num_repeats < 1:
+            raise ValueError(
+                f"batch_size and num_repeats must be >= 1, got {batch_size}, {num_repeats}"
+            )
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_repeats = int(num_repeats)
+        self.seed = int(seed)
+        self.augment = augment
+        self.drop_last = bool(drop_last)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {self.items_per_epoch} pairs of an epoch "
+                f"({len(dataset)} items x {num_repeats} repeats); "
+                "lower batch_size or raise num_repeats"
+            )
+
+    @property
+    def items_per_epoch(self) -> int:
+        return len(self.dataset) * self.num_repeats
+
+    @property
+    def steps_per_epoch(self) -> int:
+        full, rest = divmod(self.items_per_epoch, self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def epoch(self, e: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of epoch ``e`` (``steps_per_epoch`` of them), the same on every call."""
+        rng = np.random.default_rng([self.seed, int(e)])
+        order = rng.permutation(self.items_per_epoch) % len(self.dataset)
+        for step in range(self.steps_per_epoch):
+            items = order[step * self.batch_size: (step + 1) * self.batch_size]
+            pairs = [self.dataset.sample_pair(int(i), rng, self.augment) for i in items]
+            shapes = sorted({p["source"].shape for p in pairs})
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"videos in {self.dataset.folder} differ in frame size {shapes[:3]}; "
+                    "give the dataset a frame_shape to resize them"
+                )
+            yield {
+                "source": np.stack([p["source"] for p in pairs]),
+                "driving": np.stack([p["driving"] for p in pairs]),
+            }
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        e = 0
+        while True:
+            yield from self.epoch(e)
+            e += 1
