@@ -47,14 +47,18 @@ from pathlib import Path
 
 import numpy as np
 
+from kpflow.cli import UsageError, one_line, run_cli
+from kpflow.io import check_output_path, keypoint_series, read_frames, video_paths
+from kpflow.progress import progress
+from kpflow.runs import load_fomm
+
 FPS = 30.0
 FLOAT_BITS = 32
+BITS_PER_BYTE = 8
+# The papers' schedule: of every PAPER_PERIOD frames the first PAPER_SENT are sent, the rest forecast.
+PAPER_SENT, PAPER_PERIOD = 6, 12
 COMPARED_POLICIES = ("order0", "kpflow_every_frame", "kpflow_threshold")
 RENDER_CHOICES = ("nearest", "all")
-
-
-class UsageError(Exception):
-    """A bad argument or input: printed as one line, exit status 2."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -144,61 +148,30 @@ def keypoint_clips(a: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
         clips = load_folder(a.data_dir)
         fit_clips = load_folder(a.fit_dir) if a.fit_dir else None
     except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(one_line(e)) from None
     fit, scored = split_clips(clips.names, a, a.data_dir)
     fitting = fit_clips.series() if fit_clips is not None else [clips.clips[n] for n in fit]
     return fitting, [clips.clips[n] for n in scored]
-
-
-def video_list(path: str, flag: str, split: str) -> list[Path]:
-    """The videos of ``path``: a folder (its ``split``/ in a FOMM layout) or one video."""
-    from kpflow.data.videos import NoVideosError, resolve_videos
-
-    try:
-        return resolve_videos(path, split, flag)
-    except NoVideosError as e:
-        raise UsageError(str(e)) from None
-
-
-def load_fomm(directory: str):
-    from eval import video
-
-    try:
-        return video.load_fomm(directory)
-    except video.UsageError as e:
-        raise UsageError(str(e)) from None
 
 
 def video_clips(a: argparse.Namespace, fomm) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """``--videos`` (and ``--fit_dir``) through ``fomm``'s detector -> (fitting series, scored series,
     scored frames); series ``[T, D]``, frames ``[T, H, W, 3]`` float32 in [0, 1] at the FOMM's frame size.
     Only the scored clips' frames are kept."""
-    from tqdm import tqdm
-
-    from eval.extract_keypoints import extract_keypoints
-    from kpflow.data.videos import VideoReadError, read_video
     from kpflow.fomm.model import frame_shape_of
-    from kpflow.keypoints import keypoints_to_vector
 
-    paths = video_list(a.videos, "--videos", "test")
-    fit_paths = video_list(a.fit_dir, "--fit_dir", "train") if a.fit_dir else []
+    paths = video_paths(a.videos, "test", "--videos")
+    fit_paths = video_paths(a.fit_dir, "train", "--fit_dir") if a.fit_dir else []
     fit, scored = split_clips([str(p) for p in paths], a, a.videos)
     fit_paths = fit_paths or [Path(p) for p in fit]
     shape = frame_shape_of(fomm.config)
-
-    def read(path) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            frames = read_video(path, shape)
-        except VideoReadError as e:
-            raise UsageError(str(e)) from None
-        return frames, keypoints_to_vector(*extract_keypoints(fomm, frames))
-
-    fitting = [read(p)[1] for p in tqdm(fit_paths, desc="detect (fitting clips)", unit="clip", leave=False)]
+    fitting = [keypoint_series(fomm, read_frames(p, shape))
+               for p in progress(fit_paths, desc="detect (fitting clips)", unit="clip", leave=False)]
     scored_frames, scored_series = [], []
-    for p in tqdm(scored, desc="detect (scored clips)", unit="clip", leave=False):
-        frames, series = read(p)
+    for p in progress(scored, desc="detect (scored clips)", unit="clip", leave=False):
+        frames = read_frames(p, shape)
         scored_frames.append(frames)
-        scored_series.append(series)
+        scored_series.append(keypoint_series(fomm, frames))
     return fitting, scored_series, scored_frames
 
 
@@ -208,12 +181,12 @@ def video_clips(a: argparse.Namespace, fomm) -> tuple[list[np.ndarray], list[np.
 def paper_points(series: list[np.ndarray]) -> list[tuple[dict, list[np.ndarray]]]:
     """The papers' float32 operating points: everything sent, and 6 sent + 6 held."""
     dim = series[0].shape[1]
-    full = dim * FLOAT_BITS * FPS / 1000
+    full = dim * FLOAT_BITS * FPS / 1000  # kbps
     held, errors = [], []
     for s in series:
         rec = s.copy()
         for t in range(len(s)):
-            if t % 12 >= 6:
+            if t % PAPER_PERIOD >= PAPER_SENT:
                 rec[t] = rec[t - 1]
         held.append(rec)
         errors.append(np.abs(rec - s).ravel())
@@ -256,22 +229,20 @@ def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> tupl
         recs.append(out["reconstruction"])
         errors.append(np.abs(out["reconstruction"] - s).ravel())
     seconds = sum(len(s) for s in series) / FPS
-    return {"kbps": total * 8 / seconds / 1000, "mae_raw": float(np.mean(np.concatenate(errors))),
-            "header_kbps": header * 8 / seconds / 1000, "packets_per_second": packets / seconds,
+    return {"kbps": total * BITS_PER_BYTE / seconds / 1000, "mae_raw": float(np.mean(np.concatenate(errors))),
+            "header_kbps": header * BITS_PER_BYTE / seconds / 1000, "packets_per_second": packets / seconds,
             "intra_packets": intra, "bytes": total}, recs
 
 
 def rate_distortion(a: argparse.Namespace, fit: list[np.ndarray], scored: list[np.ndarray]) -> list[tuple[dict, list]]:
     """Every point of the sweep, each with its per-clip reconstructions ``[T, D]`` of ``scored``."""
-    from tqdm import tqdm
-
     from kpflow import codec
 
     points = paper_points(scored)
     for step in a.steps:
         points.append(order0_point(scored, step))
     jobs = list(itertools.product(a.steps, [None, *a.thresholds]))
-    for step, threshold in tqdm(jobs, desc="rate-distortion", unit="point"):
+    for step, threshold in progress(jobs, desc="rate-distortion", unit="point"):
         base = codec.CodecParams.fit(fit, step, basis=a.basis, deadzone=a.deadzone)
         sender = {"intra_period": a.intra_period, "max_gap": a.max_gap}
         if threshold is None:
@@ -315,7 +286,6 @@ def add_pixel_errors(points: list[dict], reconstructions: list[list[np.ndarray]]
     mode: source = the clip's first frame, FOMM renders every frame of the driving series.
     """
     import jax
-    from tqdm import tqdm
 
     from kpflow import pipeline as pl
 
@@ -324,7 +294,7 @@ def add_pixel_errors(points: list[dict], reconstructions: list[list[np.ndarray]]
     vs_truth = dict.fromkeys(chosen, 0.0)
     vs_fomm = dict.fromkeys(chosen, 0.0)
     count = 0
-    for c in tqdm(range(len(frames)), desc="render", unit="clip"):
+    for c in progress(range(len(frames)), desc="render", unit="clip"):
         truth = frames[c]
         reference = fomm_only.run(truth[0], series[c], key).frames[0]
         for i in chosen:
@@ -402,7 +372,9 @@ def plot(path: Path, points: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    """The rate-distortion points of the sweep (rendered too with ``--fomm``); writes nothing."""
     check_sources(args)
+    check_output_path(args.out, "--out")
     if args.videos:
         fomm = load_fomm(args.fomm)
         fit, scored, frames = video_clips(args, fomm)
@@ -424,11 +396,11 @@ def best_at(points: list[dict], policy: str, mae: float) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        points = run(args)
-    except UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: write_and_report(args, run(args)))
+
+
+def write_and_report(args: argparse.Namespace, points: list[dict]) -> None:
+    """FILE.json and FILE.png; on stdout, each policy's best point at the papers' keypoint MAE."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(points, indent=1))
@@ -450,7 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:<44} {p['kbps']:6.2f} kbps  keypoint MAE {p['mae_raw']:.4f}  "
                   f"pixel MAE {p['pixel_mae']:.4f} / {p['pixel_mae_vs_fomm']:.4f}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0
 
 
 if __name__ == "__main__":

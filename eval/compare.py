@@ -20,15 +20,15 @@ import glob
 import json
 import os
 
+from kpflow.cli import UsageError, fail
 from kpflow.data.windows import parse_horizon
+from kpflow.io import check_output_path
 
 SCORES = ("mae_mean", "mae_median", "mae_best", "apd", "energy_score", "motion_mmd")
 RATIOS = ("mae_mean/hold_last", "mae_best/hold_last", "energy/random_walk")
 BASELINES = ("hold_last", "linear", "random_walk")
-
-
-def _fail(message) -> SystemExit:
-    return SystemExit("error: " + " ".join(str(message).split()))
+# Sort key of a horizon that is not N-M: after every real one.
+UNKNOWN_HORIZON_KEY = (10**9, 0)
 
 
 def _is_evaluation(path: str) -> bool:
@@ -48,12 +48,12 @@ def expand(paths: list[str]) -> list[str]:
             found = [f for f in sorted(glob.glob(os.path.join(p, "*.json"))) if _is_evaluation(f)]
             found = found or [f for f in sorted(glob.glob(os.path.join(p, "eval", "*.json"))) if _is_evaluation(f)]
             if not found:
-                raise _fail(f"{p!r} holds no evaluation JSON (write one with python -m eval.forecast)")
+                raise UsageError(f"{p!r} holds no evaluation JSON (write one with python -m eval.forecast)")
             files += found
         elif os.path.isfile(p):
             files.append(p)
         else:
-            raise _fail(f"{p!r} does not exist")
+            raise UsageError(f"{p!r} does not exist")
     return files
 
 
@@ -63,15 +63,15 @@ def load(path: str, units: str) -> dict:
         with open(path) as f:
             d = json.load(f)
     except (OSError, ValueError) as e:
-        raise _fail(f"{path}: not a readable JSON ({e})") from None
+        raise UsageError(f"{path}: not a readable JSON ({e})") from None
     if not isinstance(d, dict) or "units" not in d or "horizon" not in d:
-        raise _fail(f"{path}: not an evaluation JSON from python -m eval.forecast (no 'units' / 'horizon')")
+        raise UsageError(f"{path}: not an evaluation JSON from python -m eval.forecast (no 'units' / 'horizon')")
     if units not in d["units"]:
-        raise _fail(f"{path}: has no {units!r} units (has {sorted(d['units'])})")
+        raise UsageError(f"{path}: has no {units!r} units (has {sorted(d['units'])})")
     table = d["units"][units]
     missing = [m for m in ("model", "hold_last", "random_walk") if m not in table]
     if missing:
-        raise _fail(f"{path}: table lacks {missing}")
+        raise UsageError(f"{path}: table lacks {missing}")
     return d
 
 
@@ -89,7 +89,7 @@ def _horizon_key(h: str):
     try:
         return parse_horizon(h)
     except ValueError:
-        return (10**9, 0)
+        return UNKNOWN_HORIZON_KEY
 
 
 def build_rows(runs: list[tuple[str, dict]], units: str) -> list[list[str]]:
@@ -138,14 +138,19 @@ def markdown(runs: list[tuple[str, dict]], units: str) -> str:
 
 
 def main(argv=None) -> None:
+    """The command line: a bad argument or input exits with ``error: <one line>`` (status 1)."""
     p = argparse.ArgumentParser(prog="python -m eval.compare",
                                 description="Compare forecast evaluation JSONs in one markdown table.")
     p.add_argument("runs", nargs="+", help="evaluation JSONs from python -m eval.forecast, or folders holding them")
     p.add_argument("--units", choices=("minmax", "raw"), default="minmax")
     p.add_argument("--out", default="", help="also write the table to this markdown file")
     a = p.parse_args(argv)
-    runs = [(f, load(f, a.units)) for f in expand(a.runs)]
-    text = markdown(runs, a.units)
+    try:
+        if a.out:
+            check_output_path(a.out, "--out")
+        text = markdown([(f, load(f, a.units)) for f in expand(a.runs)], a.units)
+    except UsageError as e:
+        raise fail(e) from None
     print(text, end="")
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

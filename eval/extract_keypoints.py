@@ -15,7 +15,7 @@
 - An unreadable video is reported on stderr (file and reason), skipped, and the run goes on; the
   exit status is then 1, so a pipeline notices. Bad arguments exit with status 2.
 
-Library use: :func:`extract_keypoints` (``frames [T, H, W, 3]`` -> ``value [T, K, 2]``,
+Library use: ``kpflow.io.extract_keypoints`` (``frames [T, H, W, 3]`` -> ``value [T, K, 2]``,
 ``jacobian [T, K, 2, 2]``) and :func:`main` (``argv`` -> exit status).
 """
 
@@ -31,47 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from kpflow.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, run_cli
+from kpflow.io import check_output_path, extract_keypoints
+from kpflow.progress import progress
+from kpflow.runs import load_fomm, load_fomm_config
+
 PROG = "python -m eval.extract_keypoints"
 SPLITS = ("train", "test")
-EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_BAD_ARGS = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A bad argument: reported as one line, exit status 2."""
-
-
-def extract_keypoints(fomm, frames, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints of every frame of one video.
-
-    Args:
-      fomm: a loaded ``kpflow.fomm.FOMM`` (anything with ``detect(frames [B, H, W, 3]) ->
-        Keypoints``).
-      frames: ``[T, H, W, 3]`` float in [0, 1], T >= 1.
-      batch_size: frames per ``detect`` call. Every call gets exactly ``batch_size`` frames (the
-        last batch is padded with copies of the last frame, whose keypoints are dropped), so the
-        jitted detector compiles once per frame size whatever T is.
-
-    Returns:
-      ``(value [T, K, 2], jacobian [T, K, 2, 2])`` float32 numpy arrays.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"frames must be [T, H, W, 3] with T >= 1; got shape {frames.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    num_frames = len(frames)
-    outputs = []
-    # Dispatch every batch before fetching any result: jax runs them asynchronously while the host
-    # slices and pads the next batch.
-    for start in range(0, num_frames, batch_size):
-        batch = frames[start : start + batch_size]
-        if len(batch) < batch_size:
-            pad = np.repeat(batch[-1:], batch_size - len(batch), axis=0)
-            batch = np.concatenate([batch, pad], axis=0)
-        outputs.append(fomm.detect(batch))
-    value = np.concatenate([np.asarray(kp.value, np.float32) for kp in outputs])[:num_frames]
-    jacobian = np.concatenate([np.asarray(kp.jacobian, np.float32) for kp in outputs])[:num_frames]
-    return value, jacobian
+# The exit status when some videos could not be read (the others were extracted).
+EXIT_FAILED_VIDEOS = EXIT_FAILED
+MAX_LISTED_FAILURES = 10
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -156,39 +125,16 @@ def _write_clip(path: Path, value: np.ndarray, jacobian: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _load_fomm(directory: str):
-    import kpflow.fomm
-    from kpflow.fomm.model import load_config
-
-    load_config(directory)  # cheap: a missing or wrong directory fails before reading weights
-    try:
-        return kpflow.fomm.load(directory)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as e:  # noqa: BLE001 -- orbax / tensorstore failures: one line, not a traceback
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UsageError(
-            f"cannot load FOMM from {directory!r} ({type(e).__name__}: {first})"
-        ) from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Extract keypoints as ``args`` says; returns the exit status."""
-    from tqdm import tqdm
-
-    from kpflow.data.videos import VideoReadError, read_video
-    from kpflow.fomm.model import frame_shape_of, load_config
+    from kpflow.fomm.model import frame_shape_of
 
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.frame_size is not None and args.frame_size < 1:
         raise UsageError(f"--frame_size must be >= 1, got {args.frame_size}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out!r} is a file; give a folder")
-    try:
-        load_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+    check_output_path(args.out, "--out", folder=True)
+    load_fomm_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
     jobs = find_jobs(args.videos, args.out)
     todo = [(v, o) for v, o in jobs if args.overwrite or not o.exists()]
     existing = len(jobs) - len(todo)
@@ -200,63 +146,61 @@ def run(args: argparse.Namespace) -> int:
         )
     written, failed = 0, []
     if todo:
-        try:
-            fomm = _load_fomm(args.fomm)
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(str(e)) from None
+        fomm = load_fomm(args.fomm)
         frame_shape = (
             (args.frame_size, args.frame_size) if args.frame_size else frame_shape_of(fomm.config)
         )
-        num_frames, busy = 0, 0.0
-
-        def read(path: Path):
-            try:
-                return read_video(path, frame_shape)
-            except VideoReadError as e:
-                return e
-
-        # Decode the next video (ffmpeg, PIL: mostly outside the GIL) while this one is detected.
-        with (
-            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
-            tqdm(
-                total=len(todo),
-                desc="extracting",
-                unit="video",
-                file=sys.stderr,
-                dynamic_ncols=True,
-            ) as bar,
-        ):
-            pending = pool.submit(read, todo[0][0])
-            for i, (video, out_path) in enumerate(todo):
-                frames = pending.result()
-                if i + 1 < len(todo):
-                    pending = pool.submit(read, todo[i + 1][0])
-                if isinstance(frames, VideoReadError):
-                    failed.append(video)
-                    bar.write(f"skipping unreadable video {frames}", file=sys.stderr)
-                    bar.update(1)
-                    continue
-                start = time.perf_counter()
-                value, jacobian = extract_keypoints(fomm, frames, args.batch_size)
-                busy += time.perf_counter() - start
-                _write_clip(out_path, value, jacobian)
-                written += 1
-                num_frames += len(frames)
-                bar.set_postfix(frames_per_s=f"{num_frames / max(busy, 1e-9):.1f}", refresh=False)
-                bar.update(1)
+        written, failed = extract_all(fomm, todo, frame_shape, args.batch_size)
     summary = f"{written} clips written to {args.out}"
     if existing:
         summary += f", {existing} already there (kept)"
     summary += f", {len(failed)} skipped (unreadable)"
     if failed:
         names = [str(p) for p in failed]
-        summary += (
-            ": "
-            + ", ".join(names[:10])
-            + (f" ... ({len(names) - 10} more)" if len(names) > 10 else "")
-        )
+        more = len(names) - MAX_LISTED_FAILURES
+        summary += ": " + ", ".join(names[:MAX_LISTED_FAILURES]) + (f" ... ({more} more)" if more > 0 else "")
     print(summary)
     return EXIT_FAILED_VIDEOS if failed else EXIT_OK
+
+
+def extract_all(
+    fomm, todo: list[tuple[Path, Path]], frame_shape: tuple[int, int], batch_size: int
+) -> tuple[int, list[Path]]:
+    """Detect and write the keypoints of every ``(video, .npz)`` of ``todo`` -> ``(clips written,
+    unreadable videos)``; an unreadable video is reported on stderr and skipped."""
+    from kpflow.data.videos import VideoReadError, read_video
+
+    def read(path: Path):
+        try:
+            return read_video(path, frame_shape)
+        except VideoReadError as e:
+            return e
+
+    written, failed, num_frames, busy = 0, [], 0, 0.0
+    # Decode the next video (ffmpeg, PIL: mostly outside the GIL) while this one is detected.
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
+        progress(total=len(todo), desc="extracting", unit="video") as bar,
+    ):
+        pending = pool.submit(read, todo[0][0])
+        for i, (video, out_path) in enumerate(todo):
+            frames = pending.result()
+            if i + 1 < len(todo):
+                pending = pool.submit(read, todo[i + 1][0])
+            if isinstance(frames, VideoReadError):
+                failed.append(video)
+                bar.write(f"skipping unreadable video {frames}", file=sys.stderr)
+                bar.update(1)
+                continue
+            start = time.perf_counter()
+            value, jacobian = extract_keypoints(fomm, frames, batch_size)
+            busy += time.perf_counter() - start
+            _write_clip(out_path, value, jacobian)
+            written += 1
+            num_frames += len(frames)
+            bar.set_postfix(frames_per_s=f"{num_frames / max(busy, 1e-9):.1f}", refresh=False)
+            bar.update(1)
+    return written, failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,12 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse already printed usage and the error (or --help)
-        return e.code if isinstance(e.code, int) else EXIT_BAD_ARGS
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_ARGS
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    return run_cli(lambda: run(args), prog=PROG)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
-import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -39,7 +37,11 @@ import numpy as np
 
 from kpflow import data as kpdata
 from kpflow import forecast, metrics
-from kpflow.keypoints import CausalScaler, MinMaxScaler
+from kpflow.cli import UsageError, fail, one_line
+from kpflow.io import check_output_path, pad_rows
+from kpflow.keypoints import FEATURES_PER_KEYPOINT, CausalScaler, MinMaxScaler
+from kpflow.progress import progress
+from kpflow.runs import load_forecaster
 
 # Order of rows in every table; the index also seeds each method's random stream.
 METHODS = ("model", "hold_last", "linear", "random_walk", "teacher_forced")
@@ -50,17 +52,15 @@ TEACHER_FORCED_NOTE = (
     "teacher_forced: the authors' evaluation protocol; the true frame t-1 is fed in before predicting "
     "t, so it is a one-step-ahead prediction with true inputs, not a forecast"
 )
+# The papers' diversity protocol: per window, the DIVERSITY_TOP_K samples of lowest MAE.
 DIVERSITY_TOP_K = 20
 MOTION_SAMPLES_PER_WINDOW = 4
 PLOT_SAMPLES = 20
+# A baseline's random stream is seeded with BASELINE_SEED_OFFSET + its index in METHODS.
+BASELINE_SEED_OFFSET = 100
 
 
 # -- inputs -------------------------------------------------------------------------------------
-
-
-def _fail(message) -> SystemExit:
-    """A one-line error for the command line (no traceback)."""
-    return SystemExit("error: " + " ".join(str(message).split()))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,44 +88,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def load_trained(workdir: str, which: str = "best", data_dir: str | None = None):
-    """``kpflow.checkpoint.load_trained``, with every failure turned into a one-line error.
-
-    The training split is reloaded from where the run's config says (the random-walk baseline is
-    fitted on it); if that data has moved, the evaluation folder ``data_dir`` is tried in its place.
-    """
-    if not os.path.isdir(workdir):
-        raise _fail(f"workdir {workdir!r} does not exist (pass the folder a training run wrote)")
-    try:
-        checkpoint = importlib.import_module("kpflow.checkpoint")
-    except ImportError as e:
-        raise _fail(f"cannot load checkpoints: kpflow.checkpoint is not importable ({e})") from None
-    try:
-        return checkpoint.load_trained(workdir, which=which)
-    except FileNotFoundError as first:
-        if data_dir is None:
-            raise _fail(first) from None
-        try:  # the training data moved: maybe the evaluation folder holds it
-            return checkpoint.load_trained(workdir, which=which, data_dir=data_dir)
-        except (FileNotFoundError, ValueError, TypeError):
-            raise _fail(first) from None
-    except (ValueError, KeyError) as e:
-        raise _fail(e) from None
-
-
 def select_clips(data_dir: str, trained, split: str) -> kpdata.ClipSet:
     """The clips of ``data_dir`` to evaluate (``split``: all, or the workdir's train / val names)."""
     try:
         clips = kpdata.load_folder(data_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise _fail(e) from None
+        raise UsageError(one_line(e)) from None
     if split == "all":
         return clips
     names = list(trained.val_names) if split == "val" else list(trained.train_clips.names)
     chosen = [n for n in clips.names if n in set(names)]
     if not chosen:
         example = f" (e.g. {names[0]!r})" if names else ""
-        raise _fail(f"none of the workdir's {split} clips{example} are in {data_dir!r}; use --split all")
+        raise UsageError(f"none of the workdir's {split} clips{example} are in {data_dir!r}; use --split all")
     return clips.subset(chosen)
 
 
@@ -200,7 +175,7 @@ def make_methods(trained, eval_windows: EvalWindows, num_observed: int, horizon:
     example = jnp.asarray(eval_windows.windows[:1])
     for name in BASELINES:
         b = forecast.create(name, dim=f.dim, num_observed=n, horizon=m)
-        bvars = b.init(jax.random.fold_in(rng, 100 + METHODS.index(name)), example, train_scaler)
+        bvars = b.init(jax.random.fold_in(rng, BASELINE_SEED_OFFSET + METHODS.index(name)), example, train_scaler)
         bs = 1 if name in POINT_BASELINES else s
         # Default arguments bind this iteration's forecaster (a plain closure would see the last one).
         sample = jax.jit(lambda v, win, key, b=b, k=bs: b.sample(v, win[:, :n], m, key, k))
@@ -252,13 +227,8 @@ def score_batch(samples, median, windows, mm_min, mm_range, num_observed: int, t
     return out
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-    """Repeat the last row so every batch has one shape (one compilation)."""
-    return x if len(x) == size else np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
-
-
 def evaluate_method(method: Method, ev: EvalWindows, num_observed: int, batch_size: int, rng, plot_idx,
-                    progress) -> dict:
+                    bar) -> dict:
     """Score one method on every window. Returns per-unit score dicts (floats), diversity and plot samples."""
     w = len(ev)
     b = min(batch_size, w)
@@ -270,9 +240,9 @@ def evaluate_method(method: Method, ev: EvalWindows, num_observed: int, batch_si
     for i, start in enumerate(range(0, w, b)):
         sl = slice(start, min(start + b, w))
         valid = sl.stop - sl.start
-        win = _pad(ev.windows[sl], b)
+        win = pad_rows(ev.windows[sl], b)
         samples = method(jnp.asarray(win), jax.random.fold_in(rng, i))
-        mm_min, mm_range = jnp.asarray(_pad(ev.mm_min[sl], b)), jnp.asarray(_pad(ev.mm_range[sl], b))
+        mm_min, mm_range = jnp.asarray(pad_rows(ev.mm_min[sl], b)), jnp.asarray(pad_rows(ev.mm_range[sl], b))
         out = score_batch(samples, sample_median(samples), jnp.asarray(win), mm_min, mm_range,
                           num_observed=num_observed, top_k=top_k, motion_k=motion_k)
         out = jax.device_get(out)
@@ -286,7 +256,7 @@ def evaluate_method(method: Method, ev: EvalWindows, num_observed: int, batch_si
             if sl.start <= j < sl.stop:
                 s_np = np.asarray(samples[:, j - sl.start])
                 plot[int(j)] = {"paths": s_np[:PLOT_SAMPLES], "mean": s_np.mean(axis=0)}
-        progress.update(1)
+        bar.update(1)
     scores = {}
     for unit, rows in per_window.items():
         row = {k: float(np.mean(np.concatenate([p[k] for p in rows]))) for k in rows[0]}
@@ -351,7 +321,7 @@ def markdown_table(result: dict) -> str:
 
 def _most_moving_keypoints(windows: np.ndarray, count: int = 2) -> list[int]:
     """Keypoints whose location moves most over the given windows ``[P, T, D]`` (what is worth looking at)."""
-    per_kp = windows.reshape(windows.shape[:2] + (-1, 6))[..., :2]  # [P, T, K, 2]
+    per_kp = windows.reshape(windows.shape[:2] + (-1, FEATURES_PER_KEYPOINT))[..., :2]  # [P, T, K, 2]
     spread = per_kp.std(axis=1).sum(axis=(0, 2))  # [K]
     return sorted(np.argsort(-spread)[:count].tolist())
 
@@ -376,7 +346,7 @@ def plot_trajectories(path: str, ev: EvalWindows, plot: dict, num_observed: int,
         clip = ev.clip_names[ev.clip_index[j]]
         for c, (k, xy) in enumerate(cols):
             ax = axes[r, c]
-            d = 6 * k + xy
+            d = FEATURES_PER_KEYPOINT * k + xy
             join = lambda fut, d=d, start=win[n - 1, d]: np.concatenate([[start], fut[:, d]])
             for p in paths:
                 ax.plot(tf, join(p), color="tab:blue", alpha=0.25, lw=0.8, label="samples")
@@ -407,43 +377,43 @@ def _window_start(ev: EvalWindows, j: int, length: int) -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Evaluate and write FILE.json, FILE.md, FILE.png; returns the JSON dict."""
-    from tqdm import tqdm
-
-    trained = load_trained(args.workdir, args.which, args.data_dir)
-    config = trained.config
-    n, m = int(config.num_observed), int(config.num_predicted)
+def load_inputs(args: argparse.Namespace) -> tuple:
+    """The trained forecaster and the evaluation windows of ``--data_dir`` -> ``(trained, windows)``;
+    UsageError (one line) for anything that does not fit."""
+    trained = load_forecaster(args.workdir, args.which, args.data_dir)
+    n, m = int(trained.config.num_observed), int(trained.config.num_predicted)
     clips = select_clips(args.data_dir, trained, args.split)
     f = trained.forecaster
     if clips.dim != f.dim:
-        raise _fail(
-            f"{args.data_dir!r} has {clips.dim} numbers per frame ({clips.dim // 6} keypoints); "
-            f"the model expects {f.dim} ({f.dim // 6} keypoints)"
+        raise UsageError(
+            f"{args.data_dir!r} has {clips.dim} numbers per frame ({clips.dim // FEATURES_PER_KEYPOINT} keypoints); "
+            f"the model expects {f.dim} ({f.dim // FEATURES_PER_KEYPOINT} keypoints)"
         )
     try:
         kpdata.check_long_enough(clips.clips, n + m, what=args.data_dir)
     except ValueError as e:
-        raise _fail(e) from None
-    ev = build_windows(clips, n, m)
+        raise UsageError(one_line(e)) from None
+    return trained, build_windows(clips, n, m)
 
-    rng = jax.random.PRNGKey(args.seed)
-    methods = make_methods(trained, ev, n, m, args.samples, rng)
-    # Plotted windows: evenly spread over the set (so over clips), deterministic.
-    plot_idx = np.linspace(0, len(ev) - 1, min(args.plot_windows, len(ev))).round().astype(int)
-    plot_idx = np.unique(plot_idx).tolist() if args.plot_windows else []
+
+def evaluate_all(methods: list[Method], ev: EvalWindows, num_observed: int, args: argparse.Namespace, rng,
+                 plot_idx: list[int]) -> dict:
+    """``{method name: evaluate_method(...)}`` for every method, with one progress bar over all batches."""
     num_batches = math.ceil(len(ev) / min(args.batch_size, len(ev)))
     results = {}
-    with tqdm(total=num_batches * len(methods), desc="evaluating", unit="batch", file=sys.stderr) as progress:
+    with progress(total=num_batches * len(methods), desc="evaluating", unit="batch") as bar:
         for method in methods:
-            progress.set_postfix_str(method.name)
+            bar.set_postfix_str(method.name)
             key = jax.random.fold_in(rng, METHODS.index(method.name))
-            results[method.name] = evaluate_method(method, ev, n, args.batch_size, key,
-                                                   plot_idx if method.name == "model" else [], progress)
+            results[method.name] = evaluate_method(method, ev, num_observed, args.batch_size, key,
+                                                   plot_idx if method.name == "model" else [], bar)
+    return results
 
-    model_name = str(config.model.get("name", f.name)) if "model" in config else f.name
+
+def result_json(args: argparse.Namespace, model_name: str, horizon: str, ev: EvalWindows, results: dict) -> dict:
+    """What FILE.json holds: the scores of every method in both units, the diversity and the notes."""
     out = {
-        "horizon": f"{n}-{m}",
+        "horizon": horizon,
         "num_windows": len(ev),
         "samples": args.samples,
         "units": {u: {name: r["scores"][u] for name, r in results.items()} for u in ("minmax", "raw")},
@@ -470,7 +440,24 @@ def run(args: argparse.Namespace) -> dict:
     }
     if "teacher_forced" in results:
         out["notes"]["teacher_forced"] = TEACHER_FORCED_NOTE
+    return out
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate and write FILE.json, FILE.md, FILE.png; returns the JSON dict."""
+    check_output_path(args.out, "--out")
+    trained, ev = load_inputs(args)
+    config, f = trained.config, trained.forecaster
+    n, m = int(config.num_observed), int(config.num_predicted)
+    rng = jax.random.PRNGKey(args.seed)
+    methods = make_methods(trained, ev, n, m, args.samples, rng)
+    # Plotted windows: evenly spread over the set (so over clips), deterministic.
+    plot_idx = np.linspace(0, len(ev) - 1, min(args.plot_windows, len(ev))).round().astype(int)
+    plot_idx = np.unique(plot_idx).tolist() if args.plot_windows else []
+    results = evaluate_all(methods, ev, n, args, rng, plot_idx)
+
+    model_name = str(config.model.get("name", f.name)) if "model" in config else f.name
+    out = result_json(args, model_name, f"{n}-{m}", ev, results)
     base = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -485,8 +472,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> None:
+    """The command line: a bad argument or input exits with ``error: <one line>`` (status 1)."""
     args = parse_args(argv)
-    out = run(args)
+    try:
+        out = run(args)
+    except UsageError as e:
+        raise fail(e) from None
     t = out["units"]["minmax"]
     print(
         f"{out['model']} {out['horizon']} on {out['num_windows']} windows (minmax units): "

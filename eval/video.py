@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,14 +48,27 @@ from pathlib import Path
 
 import numpy as np
 
+from kpflow.cli import UsageError, one_line, run_cli
+from kpflow.io import check_output_path, keypoint_series, read_frames, video_paths
+from kpflow.progress import progress
+from kpflow.runs import check_forecaster_fits, load_fomm, load_forecaster
+
 HOLD_LAST = "hold-last"
 NO_FORECAST = "FOMM (no forecast)"
 GIF_SAMPLES = 4
+GIF_FPS = 10
 MAX_GRID_COLUMNS = 8
-
-
-class UsageError(Exception):
-    """A bad argument or input: printed as one line, exit status 2."""
+# The ratio density plot: a Gaussian kernel density estimate on RATIO_GRID_POINTS points spanning the
+# ratios with RATIO_GRID_MARGIN of their range on either side. Its bandwidth is Silverman's rule of
+# thumb for a Gaussian kernel, SILVERMAN_FACTOR * std * n ** SILVERMAN_EXPONENT (optimal for
+# Gaussian data); a single ratio, or equal ones, get half the margin.
+SILVERMAN_FACTOR = 1.06
+SILVERMAN_EXPONENT = -0.2
+RATIO_GRID_POINTS = 200
+RATIO_GRID_MARGIN = 0.25
+RATIO_GRID_MIN_MARGIN = 1e-3
+# Keypoint-trajectory JEDi features are z-scored; this keeps a constant feature finite.
+FEATURE_STD_FLOOR = 1e-8
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -132,40 +144,14 @@ class Model:
     workdir: str
 
 
-def load_fomm(directory: str):
-    from eval.extract_keypoints import UsageError as ExtractError
-    from eval.extract_keypoints import _load_fomm
-
-    if not os.path.isdir(directory):
-        raise UsageError(f"--fomm {directory!r} does not exist (a FOMM directory from train.fomm or kpflow.fomm.convert)")
-    try:
-        return _load_fomm(directory)
-    except (ExtractError, FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
-
-
 def load_models(workdirs: Sequence[str], which: str, num_observed: int, horizon: int, dim: int) -> list[Model]:
-    from kpflow.checkpoint import load_trained
-
+    """Every ``--forecaster`` run, checked to forecast ``dim`` numbers per frame at ``num_observed``-``horizon``;
+    labels are the models' names (with the run folder where two share one)."""
     models, seen = [], {}
     for workdir in workdirs:
-        if not os.path.isdir(workdir):
-            raise UsageError(f"--forecaster {workdir!r} does not exist (pass a run directory of train.forecaster)")
-        try:
-            trained = load_trained(workdir, which=which)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise UsageError(f"cannot load the forecaster in {workdir!r}: {' '.join(str(e).split())}") from None
+        trained = load_forecaster(workdir, which, flag="--forecaster")
+        check_forecaster_fits(trained, dim, num_observed, horizon, flag="--forecaster")
         f = trained.forecaster
-        if f.dim != dim:
-            raise UsageError(
-                f"{workdir!r} forecasts {f.dim} numbers per frame; this FOMM has {dim // 6} keypoints ({dim} numbers): "
-                "train the forecaster on keypoints extracted with this FOMM (python -m eval.extract_keypoints)"
-            )
-        if f.num_observed != num_observed or (f.horizon != horizon and not type(f.module).any_horizon):
-            raise UsageError(
-                f"{workdir!r} was trained for {f.num_observed}-{f.horizon}; pass --horizon {f.num_observed}-{f.horizon} "
-                f"or a forecaster trained for {num_observed}-{horizon}"
-            )
         label = f.name
         if label in seen:
             label = f"{f.name} ({Path(workdir).name})"
@@ -174,36 +160,19 @@ def load_models(workdirs: Sequence[str], which: str, num_observed: int, horizon:
     return models
 
 
-def video_paths(videos: str) -> list[Path]:
-    from kpflow.data.videos import NoVideosError, resolve_videos
-
-    try:
-        return resolve_videos(videos, "test", "--videos")
-    except NoVideosError as e:
-        raise UsageError(str(e)) from None
-
-
 def load_clips(paths: Sequence[Path], fomm, period: int, skip_short: bool, max_clips: int) -> list[Clip]:
-    from tqdm import tqdm
-
-    from eval.extract_keypoints import extract_keypoints
-    from kpflow.data.videos import VideoReadError, read_video, video_name
+    from kpflow.data.videos import video_name
     from kpflow.fomm.model import frame_shape_of
-    from kpflow.keypoints import keypoints_to_vector
 
     shape = frame_shape_of(fomm.config)
     clips, short = [], []
-    for path in tqdm(paths, desc="read + detect", unit="clip", leave=False):
-        try:
-            frames = read_video(path, shape)
-        except VideoReadError as e:
-            raise UsageError(str(e)) from None
+    for path in progress(paths, desc="read + detect", unit="clip", leave=False):
+        frames = read_frames(path, shape)
         name = video_name(path)
         if len(frames) < period:
             short.append(f"{name} ({len(frames)} frames)")
             continue
-        value, jac = extract_keypoints(fomm, frames)
-        clips.append(Clip(name, frames, keypoints_to_vector(value, jac)))
+        clips.append(Clip(name, frames, keypoint_series(fomm, frames)))
         if max_clips and len(clips) == max_clips:
             break
     if short and not skip_short:
@@ -282,7 +251,6 @@ class Evaluation:
     def single(self, key) -> tuple[dict, dict]:
         """-> (rows by method, frames by method for the figure clip)."""
         import jax
-        from tqdm import tqdm
 
         from kpflow import metrics
 
@@ -293,7 +261,7 @@ class Evaluation:
         reference_segments, figure = [], {}
         predictors = {m: self.predictor(m) for m in self.methods()}
         pipes = {m: self.pipeline(p) for m, p in predictors.items()}
-        bar = tqdm(total=len(self.clips) * len(rows), desc=f"single ({a.mode}, {sched})", unit="render")
+        bar = progress(total=len(self.clips) * len(rows), desc=f"single ({a.mode}, {sched})", unit="render")
         for i, clip in enumerate(self.clips):
             source = self.source_of(i)
             t = len(clip.frames)
@@ -348,12 +316,10 @@ class Evaluation:
                 return features.get_extractor("vjepa", weights=self.args.vjepa_weights,
                                               probe=self.args.vjepa_probe or None, config=self.args.vjepa_config)
             except (FileNotFoundError, ValueError, ImportError) as e:
-                raise UsageError(" ".join(str(e).split())) from None
+                raise UsageError(one_line(e)) from None
         return features.get_extractor("keypoints", detect=self.fomm.detect)
 
     def jedi(self, reference_segments: list, segments: dict) -> dict:
-        from tqdm import tqdm
-
         from kpflow import metrics
 
         if len(reference_segments) < 2:
@@ -364,9 +330,9 @@ class Evaluation:
         # Keypoint-trajectory features are increments of ~1e-2: in the homogeneous degree-2 kernel
         # every value would vanish, so they are z-scored with the reference set's per-dimension
         # statistics. V-JEPA features go in as JEDi uses them.
-        loc, scale = (real.mean(0), real.std(0) + 1e-8) if self.args.features == "keypoints" else (0.0, 1.0)
+        loc, scale = (real.mean(0), real.std(0) + FEATURE_STD_FLOOR) if self.args.features == "keypoints" else (0.0, 1.0)
         out = {}
-        for m, segs in tqdm(segments.items(), desc="JEDi features", unit="model", leave=False):
+        for m, segs in progress(segments.items(), desc="JEDi features", unit="model", leave=False):
             if self.args.mode == "transfer" and m == NO_FORECAST:
                 continue  # it is the reference
             out[m] = float(metrics.jedi((real - loc) / scale, (extract(np.stack(segs)) - loc) / scale))
@@ -420,7 +386,6 @@ class Evaluation:
     def diversity(self, key) -> tuple[dict, dict]:
         """-> (rows by model, {model: [S', N+M, H, W, 3] frames of the first window, for the GIFs})."""
         import jax
-        from tqdm import tqdm
 
         from kpflow import metrics
 
@@ -437,7 +402,7 @@ class Evaluation:
             pipe = self.pipeline(self.predictor(label))
             per_video = {"apd": [], "mae": []}
             windows = {"mae": [], "apd": [], "ssim": [], "mae_best": [], "mae_mean": [], "energy_score": []}
-            bar = tqdm(total=len(jobs) * (a.samples * m_ + n), desc=f"diversity {label} (S={a.samples})", unit="frame")
+            bar = progress(total=len(jobs) * (a.samples * m_ + n), desc=f"diversity {label} (S={a.samples})", unit="frame")
             clip_scores: dict[int, dict] = {}
             for i, b in jobs:
                 clip = self.clips[i]
@@ -491,7 +456,12 @@ def _jedi(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def _table_head(*columns: str) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def markdown(result: dict) -> str:
+    """Both tables of ``results.json`` in markdown."""
     a = result["args"]
     lines = [
         f"## {a['mode']}, {a['horizon']} ({len(result['clips'])} clips, {result['frame_size']} px)",
@@ -500,8 +470,7 @@ def markdown(result: dict) -> str:
         + ("the ground-truth video" if a["mode"] == "reconstruction" else "FOMM without forecasting (the reference)")
         + f"; JEDi ({a['features']} features) between reference and rendered segments.",
         "",
-        "| method | MAE | SSIM | MAE (all frames) | keypoint MAE | JEDi |",
-        "|---|---|---|---|---|---|",
+        *_table_head("method", "MAE", "SSIM", "MAE (all frames)", "keypoint MAE", "JEDi"),
     ]
     for m, r in result["single"].items():
         if r.get("reference"):
@@ -510,24 +479,29 @@ def markdown(result: dict) -> str:
             lines.append(f"| {m} | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | {_fmt(r['mae_all_frames'])} | "
                          f"{_fmt(r['kp_mae'])} | {_jedi(r['jedi'])} |")
     if result.get("diversity"):
-        d0 = next(r for r in result["diversity"].values() if not r.get("baseline"))
-        lines += [
-            "",
-            (f"Diversity: {d0['samples']} samples per block, the {d0['top_k']} with lowest MAE kept "
-             f"({d0['windows']} blocks). Ratio = per-video standardised APD / MAE."),
-            "",
-            "| model | APD | MAE | SSIM | ratio mean | ratio median | best-of-S MAE | mean-of-S MAE | keypoint energy score |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for m, r in result["diversity"].items():
-            if r.get("baseline"):
-                lines.append(f"| {m} (one rendering) | - | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | - | - | - | - | - |")
-                continue
-            lines.append(
-                f"| {m} | {_fmt(r['apd'])} | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | {_fmt(r['ratio_mean'], 3)} | "
-                f"{_fmt(r['ratio_median'], 3)} | {_fmt(r['mae_best'])} | {_fmt(r['mae_mean'])} | {_fmt(r['energy_score'])} |"
-            )
+        lines += ["", *diversity_markdown(result["diversity"])]
     return "\n".join(lines) + "\n"
+
+
+def diversity_markdown(diversity: dict) -> list[str]:
+    """The diversity table's lines: the models' rows and their baselines' (one rendering each)."""
+    d0 = next(r for r in diversity.values() if not r.get("baseline"))
+    lines = [
+        (f"Diversity: {d0['samples']} samples per block, the {d0['top_k']} with lowest MAE kept "
+         f"({d0['windows']} blocks). Ratio = per-video standardised APD / MAE."),
+        "",
+        *_table_head("model", "APD", "MAE", "SSIM", "ratio mean", "ratio median", "best-of-S MAE", "mean-of-S MAE",
+                     "keypoint energy score"),
+    ]
+    for m, r in diversity.items():
+        if r.get("baseline"):
+            lines.append(f"| {m} (one rendering) | - | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {m} | {_fmt(r['apd'])} | {_fmt(r['mae'])} | {_fmt(r['ssim'])} | {_fmt(r['ratio_mean'], 3)} | "
+            f"{_fmt(r['ratio_median'], 3)} | {_fmt(r['mae_best'])} | {_fmt(r['mae_mean'])} | {_fmt(r['energy_score'])} |"
+        )
+    return lines
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -582,9 +556,9 @@ def plot_ratio_density(path: Path, diversity: dict) -> None:
         if v.size == 0:
             continue
         lo, hi = v.min(), v.max()
-        pad = 0.25 * (hi - lo) + 1e-3
-        grid = np.linspace(lo - pad, hi + pad, 200)
-        bw = 1.06 * v.std() * v.size ** (-0.2) if v.size > 1 and v.std() > 0 else pad / 2
+        pad = RATIO_GRID_MARGIN * (hi - lo) + RATIO_GRID_MIN_MARGIN
+        grid = np.linspace(lo - pad, hi + pad, RATIO_GRID_POINTS)
+        bw = SILVERMAN_FACTOR * v.std() * v.size**SILVERMAN_EXPONENT if v.size > 1 and v.std() > 0 else pad / 2
         dens = np.exp(-0.5 * ((grid[:, None] - v[None]) / bw) ** 2).sum(1) / (v.size * bw * np.sqrt(2 * np.pi))
         (line,) = ax.plot(grid, dens, label=f"{label} (median {np.median(v):.2f})")
         ax.plot(v, np.zeros_like(v), "|", color=line.get_color(), markersize=12)
@@ -596,7 +570,7 @@ def plot_ratio_density(path: Path, diversity: dict) -> None:
     plt.close(fig)
 
 
-def write_sample_videos(out: Path, media: dict, fps: int = 10) -> list[Path]:
+def write_sample_videos(out: Path, media: dict, fps: int = GIF_FPS) -> list[Path]:
     """``samples_<model>.gif`` (and ``.mp4`` when ffmpeg works): reference | sample 1 | sample 2 ..."""
     import imageio.v3 as iio
 
@@ -628,6 +602,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from kpflow import pipeline as pl
     from kpflow.fomm.model import frame_shape_of
+    from kpflow.keypoints import FEATURES_PER_KEYPOINT
 
     try:
         schedule = pl.Schedule.parse(args.horizon)
@@ -635,9 +610,11 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(str(e)) from None
     if schedule.horizon < 1:
         raise UsageError(f"--horizon {args.horizon}: M must be at least 1 (nothing is forecast otherwise)")
-    paths = video_paths(args.videos)
+    check_output_path(args.out, "--out", folder=True)
+    paths = video_paths(args.videos, "test", "--videos")
     fomm = load_fomm(args.fomm)
-    models = load_models(args.forecaster, args.which, schedule.num_observed, schedule.horizon, 6 * fomm.num_kp)
+    models = load_models(args.forecaster, args.which, schedule.num_observed, schedule.horizon,
+                         FEATURES_PER_KEYPOINT * fomm.num_kp)
     clips = load_clips(paths, fomm, schedule.period, args.skip_short, args.max_clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -676,17 +653,16 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        result = run(args)
-    except UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+def report(args: argparse.Namespace, result: dict) -> None:
+    """The tables on stdout and the list of what was written."""
     print(markdown(result))
     print(f"written to {args.out}: results.json, tables.md, frames.png"
           + (", ratio_density.png, samples_*.gif" if result["diversity"] else ""))
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: report(args, run(args)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -31,6 +34,21 @@ def one_line(error: BaseException | str) -> str:
 def fail(message: BaseException | str) -> SystemExit:
     """``raise fail(e)``: exit with ``error: <one line>`` on stderr and status 1 (SystemExit's rule)."""
     return SystemExit("error: " + one_line(message))
+
+
+def run_cli(main: Callable[[], int | None], prog: str = "") -> int:
+    """``main()``'s exit status (None counts as EXIT_OK); a :class:`UsageError` it raises is printed
+    as one line ``[prog: ]error: <message>`` on stderr and gives EXIT_USAGE.
+
+    argparse's own errors (a SystemExit) pass through unchanged: parse the arguments inside or
+    outside ``main`` as the command needs.
+    """
+    try:
+        status = main()
+    except UsageError as e:
+        print(f"{prog + ': ' if prog else ''}error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if status is None else status
 
 
 def parse_absl_flags(argv: list[str]) -> list[str]:

@@ -39,10 +39,34 @@ import numpy as np
 from kpflow import arithmetic_coding
 
 HEADER_BYTES = 1
-SEQ_MODULO = 128
+INTRA_FLAG = 0x80  # header bit 7
+SEQ_MODULO = 128  # header bits 0-6
 MAX_SYMBOL = 2**15 - 1
 POLICIES = ("threshold", "schedule", "every_frame")
 BASES = ("pca", "identity")
+
+# Fitting the entropy models.
+# LaplaceModel needs a positive scale: a dimension whose fitting symbols were all 0 gets this one,
+# which gives 0 nearly all the probability (1 - e^-10) and keeps every other symbol codable.
+MIN_LAPLACE_SCALE = 0.05
+# Residual symbols the histograms code lie in [-HISTOGRAM_RADIUS, HISTOGRAM_RADIUS] (31 bins a
+# dimension, a small table); a frame with a larger residual goes intra (CategoricalCoder.fits).
+HISTOGRAM_RADIUS = 15
+# Added to every histogram count (additive smoothing), so a symbol never seen while fitting stays
+# codable at a few more bits instead of impossible.
+HISTOGRAM_PSEUDOCOUNT = 0.05
+# Residual components within DEADZONE steps quantise to 0: 0.5 is plain rounding. A dead zone of
+# MAX_DEADZONE or more is refused: it would drop components of one and a half steps and more.
+DEADZONE = 0.5
+MAX_DEADZONE = 1.5
+
+# The sender's defaults: a packet at least every second and an intra packet every 30 packets (at
+# FPS), the papers' 6 sent / 6 forecast schedule, and a drift threshold in raw keypoint units.
+DEFAULT_THRESHOLD = 0.02
+DEFAULT_INTRA_PERIOD = 30
+DEFAULT_MAX_GAP = 30
+PAPER_NUM_OBSERVED, PAPER_HORIZON = 6, 6
+FPS = 30.0
 
 # ``predict(history [t, D]) -> [D]``: the next frame from the receiver's reconstructed frames so far
 # (t >= 1). Must be deterministic: sender and receiver run it independently.
@@ -82,7 +106,7 @@ class Quantizer:
     def dim(self) -> int:
         return self.step.shape[0]
 
-    def symbols(self, x: np.ndarray, deadzone: float = 0.5) -> np.ndarray:
+    def symbols(self, x: np.ndarray, deadzone: float = DEADZONE) -> np.ndarray:
         x = np.asarray(x, np.float64)
         q = np.where(np.abs(x) > deadzone * self.step, np.round(x / self.step), 0.0)
         if np.any(np.abs(q) > MAX_SYMBOL):
@@ -100,7 +124,7 @@ class LaplaceCoder:
     scale: np.ndarray  # [D] Laplace scales, in symbols
 
     def __post_init__(self):
-        scale = np.maximum(np.asarray(self.scale, np.float64), 0.05)
+        scale = np.maximum(np.asarray(self.scale, np.float64), MIN_LAPLACE_SCALE)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "_models", tuple(arithmetic_coding.LaplaceModel(float(s), MAX_SYMBOL) for s in scale))
 
@@ -137,7 +161,8 @@ class CategoricalCoder:
         return (self.probabilities.shape[1] - 1) // 2
 
     @classmethod
-    def fit(cls, symbols: np.ndarray, radius: int = 15, alpha: float = 0.05) -> CategoricalCoder:
+    def fit(cls, symbols: np.ndarray, radius: int = HISTOGRAM_RADIUS, alpha: float = HISTOGRAM_PSEUDOCOUNT
+            ) -> CategoricalCoder:
         """Histograms of example symbols ``[n, D]`` with ``alpha`` added to every count (unseen symbols stay codable)."""
         symbols = np.asarray(symbols, np.int64)
         counts = np.full((symbols.shape[1], 2 * radius + 1), float(alpha))
@@ -174,11 +199,11 @@ class CodecParams:
     intra: LaplaceCoder  # frames against ``centre``, per dimension
     centre: np.ndarray  # [D]
     basis: np.ndarray  # [D, D] orthonormal columns
-    deadzone: float = 0.5  # of predicted residual components, in steps
+    deadzone: float = DEADZONE  # of predicted residual components, in steps
 
     @classmethod
     def fit(cls, series: list[np.ndarray], step: float | np.ndarray, predict: FramePredictor = hold_last, *,
-            basis: str = "pca", deadzone: float = 0.5) -> CodecParams:
+            basis: str = "pca", deadzone: float = DEADZONE) -> CodecParams:
         """Fit basis and entropy models on training clips ``[T, D]`` (residuals of ``predict`` on true history).
 
         The residual histograms fitted here are those of sending every frame; :meth:`fit_to_policy`
@@ -188,8 +213,8 @@ class CodecParams:
             raise ValueError("CodecParams.fit needs at least one training clip")
         if basis not in BASES:
             raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
-        if not 0 <= deadzone < 1.5:
-            raise ValueError(f"deadzone must be in [0, 1.5) steps; got {deadzone}")
+        if not 0 <= deadzone < MAX_DEADZONE:
+            raise ValueError(f"deadzone must be in [0, {MAX_DEADZONE}) steps; got {deadzone}")
         series = [np.asarray(s, np.float64) for s in series]
         dim = series[0].shape[1]
         q = Quantizer(np.broadcast_to(np.asarray(step, np.float64), (dim,)).copy())
@@ -231,7 +256,7 @@ class CodecParams:
 
 
 def _header(seq: int, intra: bool) -> bytes:
-    return bytes([(0x80 if intra else 0) | (seq % SEQ_MODULO)])
+    return bytes([(INTRA_FLAG if intra else 0) | (seq % SEQ_MODULO)])
 
 
 class Receiver:
@@ -257,7 +282,7 @@ class Receiver:
         if packet is not None:
             if len(packet) < HEADER_BYTES:
                 raise ValueError(f"a packet has at least {HEADER_BYTES} header byte; got {len(packet)}")
-            intra, seq = bool(packet[0] & 0x80), packet[0] & 0x7F
+            intra, seq = bool(packet[0] & INTRA_FLAG), packet[0] % SEQ_MODULO
             if self.expected_seq is not None and seq != self.expected_seq:
                 self.synced = False  # packets were lost: predicted packets no longer apply
             self.expected_seq = (seq + 1) % SEQ_MODULO
@@ -275,8 +300,8 @@ class Sender:
     """Decides per frame whether to send, and what; mirrors the receiver to know its prediction."""
 
     def __init__(self, params: CodecParams, predict: FramePredictor = hold_last, policy: str = "threshold", *,
-                 threshold: float = 0.02, num_observed: int = 6, horizon: int = 6, intra_period: int = 30,
-                 max_gap: int = 30):
+                 threshold: float = DEFAULT_THRESHOLD, num_observed: int = PAPER_NUM_OBSERVED,
+                 horizon: int = PAPER_HORIZON, intra_period: int = DEFAULT_INTRA_PERIOD, max_gap: int = DEFAULT_MAX_GAP):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
         if max_gap < 1:
@@ -326,7 +351,7 @@ class Sender:
         return packet
 
 
-def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = hold_last, *, fps: float = 30.0,
+def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = hold_last, *, fps: float = FPS,
              loss: np.ndarray | None = None, **sender_kwargs) -> dict:
     """Send ``series [T, D]`` through a Sender and a Receiver; ``loss [T]`` (bool) drops packets.
 
@@ -345,7 +370,7 @@ def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = 
         if packet is not None:
             total += len(packet)
             packets += 1
-            intra += bool(packet[0] & 0x80)
+            intra += bool(packet[0] & INTRA_FLAG)
             if loss is not None and loss[t]:
                 packet = None
         out.append(receiver.step(packet))
@@ -357,6 +382,6 @@ def transmit(series: np.ndarray, params: CodecParams, predict: FramePredictor = 
         "header_bytes": packets * HEADER_BYTES,
         "packets": packets,
         "intra_packets": intra,
-        "kbps": total * 8 / seconds / 1000.0,
+        "kbps": total * 8 / seconds / 1000.0,  # bits per byte, bits per kilobit
         "mae_raw": float(np.mean(np.abs(rec - series))),
     }

@@ -1,4 +1,5 @@
-"""Inputs the command lines share: finding videos, detecting their keypoints, padding batches.
+"""Inputs and outputs the command lines share: finding and reading videos, detecting their keypoints,
+padding batches, checking where results go.
 
 Every function validates at the boundary and raises :class:`kpflow.cli.UsageError` (one line) for
 a mistake the user can fix, so each CLI prints it the same way.
@@ -63,21 +64,40 @@ def video_paths(path: str | os.PathLike, split: str = "test", flag: str = "--vid
         raise UsageError(str(e)) from None
 
 
-def check_output_path(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Fail before any work if ``path`` (a file to write) cannot be written: its folder is a file,
-    or it is a folder itself. Creates the parent folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag} {str(path)!r} is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
-            break
+def read_frames(path: str | os.PathLike, frame_shape: tuple[int, int]) -> np.ndarray:
+    """``frames [T, H, W, 3]`` float32 in [0, 1] of one video at ``frame_shape``; an unreadable
+    video is one UsageError line naming the file."""
+    from kpflow.data.videos import VideoReadError, read_video
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{flag} {str(path)!r}: cannot create its folder ({e.strerror})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"{flag} {str(path)!r}: its folder is not writable")
+        return read_video(path, frame_shape)
+    except VideoReadError as e:
+        raise UsageError(str(e)) from None
+
+
+def keypoint_series(fomm, frames, batch_size: int = 32) -> np.ndarray:
+    """The FOMM detector's keypoints of every frame as one series ``[T, 6K]`` (value and Jacobian
+    of each keypoint, :func:`kpflow.keypoints.keypoints_to_vector`): what a sender transmits."""
+    from kpflow.keypoints import keypoints_to_vector
+
+    return keypoints_to_vector(*extract_keypoints(fomm, frames, batch_size))
+
+
+def check_output_path(path: str | os.PathLike, flag: str = "--out", *, folder: bool = False) -> Path:
+    """Fail before any work if ``path`` cannot be written: a file to write (a folder with
+    ``folder=True``) under a file, a folder given for a file or a file for a folder, a place that is
+    not writable. Creates nothing: the command makes the folders when it writes."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a folder; give a file name")
+    # The deepest place that exists decides: every folder below it is made by the command.
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:  # only when the working directory itself was removed
+        raise UsageError(f"{flag} {str(path)!r}: no part of it exists")
+    if existing != path and not existing.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable")
     return path

@@ -252,6 +252,12 @@ def test_eval_codec_cli_bad_input(tmp_path, capsys):
     assert eval_codec.main(["--videos", str(tmp_path), *out]) == 2
     assert "--videos needs --fomm" in one_line_error(capsys)
     assert not (tmp_path / "x.json").exists()
+    # An unwritable --out fails before the clips are read (the folder is missing, and not the error).
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for bad_out, message in ((a_file / "x.json", "is a file, not a folder"), (tmp_path, "is a folder")):
+        assert eval_codec.main(["--data_dir", str(tmp_path / "none"), "--out", str(bad_out)]) == 2
+        assert message in one_line_error(capsys)
 
 
 # -- eval.codec with a FOMM: pixels ----------------------------------------------------------------

@@ -183,6 +183,18 @@ def test_bad_inputs_give_one_line_errors(setup, tmp_path):
     assert "5 keypoints" in _error_of(setup, tmp_path, data_dir=five)
 
 
+def test_unwritable_out_fails_before_loading(setup, tmp_path, monkeypatch):
+    """``--out`` under a file, or a folder: one line before the workdir is even opened."""
+    from eval import forecast as eval_forecast
+
+    monkeypatch.setattr(eval_forecast, "load_forecaster", lambda *a, **k: pytest.fail("loaded before checking --out"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    msg = _error_of(setup, tmp_path, extra=("--out", str(a_file / "x.json")))
+    assert "--out" in msg and "is a file, not a folder" in msg
+    assert "is a folder" in _error_of(setup, tmp_path, extra=("--out", str(tmp_path)))
+
+
 def test_bad_samples_is_an_argparse_error(setup, tmp_path, capsys):
     from eval import forecast as eval_forecast
 
@@ -224,3 +236,23 @@ def test_compare_tables_runs(result, tmp_path):
     # Workdir form: a folder holding an evaluation JSON.
     compare.main([str(out.parent), "--units", "raw", "--out", str(tmp_path / "raw.md")])
     assert "noisy" in (tmp_path / "raw.md").read_text()
+
+
+def test_compare_bad_inputs_give_one_line_errors(result, tmp_path):
+    from eval import compare
+
+    out, _ = result
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not json")
+    cases = [
+        ([str(out), "--out", str(a_file / "table.md")], "is a file, not a folder"),
+        ([str(tmp_path / "missing.json")], "does not exist"),
+        ([str(a_file)], "not a readable JSON"),
+        ([str(tmp_path)], "holds no evaluation JSON"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            compare.main(argv)
+        msg = str(e.value.code)
+        assert msg.startswith("error:") and "\n" not in msg and message in msg, msg
+    assert not (a_file / "table.md").exists()

@@ -145,3 +145,14 @@ def test_missing_fomm_and_skip_short(fomm_dir, videos, tmp_path, capsys):
     # --skip_short with only short clips: nothing left to evaluate, said in one line
     assert run_cli(fomm_dir, videos[1], tmp_path / "y", "--skip_short") == 2
     assert "no clip holds a full 12-frame block" in capsys.readouterr().err
+
+
+def test_unwritable_out_fails_before_reading_anything(tmp_path, capsys):
+    """``--out`` a file or under one: one line, before the videos or the FOMM are looked at (both
+    are missing here, and not the error)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out, message in ((a_file, "is a file; give a folder"), (a_file / "sub", "is a file, not a folder")):
+        assert run_cli(tmp_path / "no_fomm", tmp_path / "no_videos", out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --out") and message in err and "\n" not in err, err

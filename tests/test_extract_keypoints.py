@@ -17,6 +17,7 @@ from eval import extract_keypoints as ek
 from kpflow.data.clips import load_clip
 from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.fomm.model import build_networks, init_variables, save_model
+from kpflow.io import extract_keypoints
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NUM_FRAMES = 7  # not a multiple of the batch sizes used, so the last batch is padded
@@ -86,8 +87,8 @@ def test_batch_padding_gives_the_same_keypoints(fomm_dir, videos):
 
     fomm = kpflow.fomm.load(str(fomm_dir))
     frames = read_video(videos[1]["train"][0], (64, 64))
-    v3, j3 = ek.extract_keypoints(fomm, frames, batch_size=3)  # batches 3 + 3 + 1 (padded)
-    v64, j64 = ek.extract_keypoints(fomm, frames, batch_size=64)  # one padded batch
+    v3, j3 = extract_keypoints(fomm, frames, batch_size=3)  # batches 3 + 3 + 1 (padded)
+    v64, j64 = extract_keypoints(fomm, frames, batch_size=64)  # one padded batch
     assert v3.shape == v64.shape == (NUM_FRAMES, 10, 2) and j3.shape == (NUM_FRAMES, 10, 2, 2)
     assert v3.dtype == j3.dtype == np.float32
     np.testing.assert_allclose(v3, v64, atol=1e-5)
@@ -96,7 +97,7 @@ def test_batch_padding_gives_the_same_keypoints(fomm_dir, videos):
     one = fomm.detect(frames[4:5])
     np.testing.assert_allclose(v3[4], np.asarray(one.value)[0], atol=1e-5)
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
-        ek.extract_keypoints(fomm, frames[0], batch_size=3)
+        extract_keypoints(fomm, frames[0], batch_size=3)
 
 
 def test_corrupt_video_is_reported_and_skipped(fomm_dir, videos, tmp_path, capsys):
@@ -130,6 +131,17 @@ def test_bad_arguments_exit_2_with_one_line(fomm_dir, videos, tmp_path, capsys):
     assert extract(fomm_dir, root, out, "--batch_size", "0") == 2
     assert "--batch_size" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_unwritable_output_fails_before_any_work(fomm_dir, videos, tmp_path, capsys):
+    """``--out`` a file, or a folder under a file: one line, exit status 2, nothing detected."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out, message in ((a_file, "is a file; give a folder"), (a_file / "kp", "is a file, not a folder")):
+        assert extract(fomm_dir, videos[0], out) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert err.startswith("python -m eval.extract_keypoints: error: --out")
 
 
 def test_module_runs_as_a_subprocess(tmp_path):
