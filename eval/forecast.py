@@ -3,7 +3,7 @@
     python -m eval.forecast --workdir runs/vrnn_vox --data_dir ../shared/data/vox_keypoints \
         --out runs/vrnn_vox/eval_6-6.json [--samples 100] [--seed 0] [--split all|train|val]
 
-Protocol (DESIGN.md, "Protocols"): the model is evaluated at the horizon N-M it was trained for, on
+Protocol (docs/design.md, "Protocols"): the model is evaluated at the horizon N-M it was trained for, on
 non-overlapping N+M windows of every clip of the folder (all clips are test data; ``--split``
 restricts to the workdir's validation or training clips). Every method draws S closed-loop samples
 per window, batched over windows and jitted; the scores (:func:`kpflow.metrics.window_scores`,

@@ -138,7 +138,7 @@ def initialize_distributed() -> bool:
     (no launcher variables, see :func:`multi_host_launcher`) is left alone, so the same entry point
     serves laptops, one GPU and pods.
 
-    CPU multi-process route (DESIGN.md, checked here): start N processes on localhost with
+    CPU multi-process route (docs/scaling.md, checked here): start N processes on localhost with
     ``JAX_COORDINATOR_ADDRESS=localhost:12345 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i``; this function
     switches CPU collectives to gloo (``jax_cpu_collectives_implementation``), without which
     cross-process CPU reductions are unavailable, then calls ``jax.distributed.initialize`` with

@@ -284,7 +284,9 @@ class Renderer:
             out = generator.apply(variables, source[None], jax.tree.map(add, kp_source), jax.tree.map(add, kp_driving))
             return out["prediction"][0]
 
-        self._render_chunk = jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+        # Public so that benchmarks can lower and compile exactly the program render() runs:
+        # ``(generator variables, source [H, W, 3], kp_source, kp_driving [chunk_size, ...]) -> [chunk_size, H, W, 3]``.
+        self.render_chunk = jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
 
     def render(self, source, kp_source: Keypoints, kp_driving: Keypoints, progress: Callable[[int], Any] | None = None) -> np.ndarray:
         """``kp_driving`` ``value [F, K, 2]`` -> ``frames [F, H, W, 3]`` float32 (host memory)."""
@@ -298,7 +300,7 @@ class Renderer:
         for start, stop in _chunks(total, c):
             n = stop - start
             chunk = Keypoints(jnp.asarray(_padded(value, start, stop, c)), jnp.asarray(_padded(jac, start, stop, c)))
-            out = self._render_chunk(variables, source, kp_source, chunk)
+            out = self.render_chunk(variables, source, kp_source, chunk)
             frames[start:stop] = np.asarray(out[:n])
             if progress is not None:
                 progress(n)

@@ -22,7 +22,7 @@ NUM_IDENTITIES = 2
 NUM_BLOBS = 3
 
 
-def _identity_style(seed: int, identity: int, size: int) -> dict[str, np.ndarray]:
+def identity_style(seed: int, identity: int, size: int) -> dict[str, np.ndarray]:
     """What an identity looks like: background ``[S, S, 3]`` float32 in [0, 1], blob colours
     ``[N, 3]`` and semi-axes ``[N, 2]`` (fractions of the frame)."""
     rng = np.random.default_rng([seed, 1_000_000 + identity])
@@ -139,7 +139,7 @@ def make_synthetic_videos(
     if size < 8 or (fmt == "mp4" and size % 2):
         raise ValueError(f"size must be >= 8 (and even for mp4), got {size}")
     root = Path(root)
-    styles = [_identity_style(seed, i, size) for i in range(NUM_IDENTITIES)]
+    styles = [identity_style(seed, i, size) for i in range(NUM_IDENTITIES)]
     written: dict[str, list[Path]] = {"train": [], "test": []}
     splits = ["train"] * num_train + ["test"] * num_test
     for k, split in enumerate(splits):

@@ -1,14 +1,14 @@
-"""The authors' VRNN in eager PyTorch, for timing beside kpflow in the same run (``eval.bench forecast
---torch_reference``). Random weights: timing does not depend on their values.
+"""The authors' VRNN in eager PyTorch, timed beside kpflow in the same run: ``python -m eval.bench
+forecast --torch_reference``. Random weights: timing does not depend on their values.
 
 The architecture follows the authors' published code (facts, not their code): a ``GRUCell`` fed the
 frame's 6K numbers and z, a prior MLP on the state, a posterior MLP on the state and the frame, and
 a deterministic decoder ``tanh(W2 relu(W1 [h, z]))``. Two ways of drawing S samples of an N-M
-window, timed by ``python -m eval.torch_reference '{"num_observed": 12, ...}'`` (prints JSON).
-``eval.bench`` runs that in a child process, so that PyTorch's and XLA's thread pools never share
+window, timed by ``python -m eval.bench.torch_reference '{"num_observed": 12, ...}'`` (prints JSON).
+``eval.bench forecast`` runs that in a child process, so that PyTorch's and XLA's thread pools never share
 the two cores:
 
-- :func:`authors_procedure`, what their evaluation code does, and what DESIGN.md's 128 ms measured:
+- :func:`authors_procedure`, what their evaluation code does, and what the 128 ms of docs/design.md ("Reference measurements") measured:
   one recurrent state, fed the *true* frame and the first of the S latents at every step, with the
   S latents of a step decoded one by one in a Python loop (S decoder calls per step, N + M steps).
   The measured 128 ms is slower than this function (about 65 ms here, under ``torch.no_grad``);
@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+from eval.bench.timing import ms_stats, time_calls  # standard library only: no JAX in this process
 
 
 def _torch():
@@ -117,12 +119,11 @@ def time_reference(num_observed: int = 12, horizon: int = 12, samples: int = 100
         "authors_procedure": lambda: authors_procedure(model, window, num_observed, samples),
         "closed_loop_batched": lambda: closed_loop(model, window[:, :num_observed], horizon, samples),
     }
-    from eval.bench import _ms_stats, time_calls  # stdlib-only at import: no JAX in this process
-
     out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     for name, fn in calls.items():
-        out[name] = _ms_stats(time_calls(fn, repeats))
+        out[name] = ms_stats(time_calls(fn, repeats))
     return out
+
 
 if __name__ == "__main__":
     print(json.dumps(time_reference(**json.loads(sys.argv[1] if len(sys.argv) > 1 else "{}"))))
