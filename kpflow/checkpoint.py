@@ -6,7 +6,7 @@ Layout of a run directory ``DIR`` (written by ``python -m train.forecaster``)::
     DIR/split.json      {"train": [clip names], "val": [clip names], "dim": D, "data": {config.data}}
     DIR/checkpoints/    orbax CheckpointManager, the latest ``keep`` training states, one per epoch
     DIR/best/           orbax CheckpointManager holding the single state with the best validation score
-    DIR/metrics.jsonl   one JSON line per epoch
+    DIR/metrics.jsonl   one JSON line per epoch (kpflow.training.runlog)
     DIR/loss.png        training loss and validation scores per epoch
 
 Each checkpoint step holds three items: ``variables`` (all Flax collections: ``params``, the
@@ -37,7 +37,6 @@ from kpflow.run_store import CheckpointStore as _Store
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
-METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
 TRAIN_HINT = "train one with `python -m train.forecaster --config configs/<model>_<dataset>.py --workdir DIR`"
@@ -84,25 +83,6 @@ def load_split(workdir: str) -> dict:
         raise FileNotFoundError(f"{path!r} is missing: the run directory is incomplete; {TRAIN_HINT}")
     with open(path) as f:
         return json.load(f)
-
-
-def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raise ValueError (one line) if ``config`` cannot continue the run saved in ``workdir``.
-
-    The model (name and hyper-parameters) and the horizon must match; training-loop settings such as
-    ``train.num_epochs`` may change between a run and its resumption.
-    """
-    old_model, new_model = saved.model.to_dict(), config.model.to_dict()
-    if old_model.get("name") != new_model.get("name"):
-        diff = f"model ({old_model.get('name')!r} there, {new_model.get('name')!r} now)"
-    elif old_model != new_model:
-        keys = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
-        diff = "model (" + ", ".join(f"{k}: {old_model.get(k)!r} there, {new_model.get(k)!r} now" for k in keys) + ")"
-    elif (saved.get("num_observed"), saved.get("num_predicted")) != (config.get("num_observed"), config.get("num_predicted")):
-        diff = f"horizon ({saved.get('horizon')!r} there, {config.get('horizon')!r} now)"
-    else:
-        return
-    raise ValueError(f"{workdir!r} holds a run with a different {diff}; use a new --workdir, or the same config to resume")
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

@@ -62,3 +62,35 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
         raise SystemExit(f"error: unknown config field {field!r} in a --config.* override") from None
     except (flags.Error, ValueError, TypeError, OSError) as e:
         raise SystemExit(f"error: {one_line(e)}") from None
+
+
+def define_run_flags(config_help: str, workdir_help: str, lock_config: bool = False) -> None:
+    """A trainer's two flags, ``--config`` (an ml_collections config file, fields overridable as
+    ``--config.train.seed=1``) and ``--workdir``. Called when the CLI runs, never at import."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
+    flags.DEFINE_string("workdir", None, workdir_help)
+
+
+def run_flags(argv: list[str], config_example: str):
+    """``(config, workdir)`` of a trainer's ``main(argv)`` after the checks every trainer makes:
+    no stray arguments, ``--config`` given and its file present; orbax's INFO logging quietened
+    unless ``--verbosity`` was given. Raises SystemExit with one line otherwise."""
+    import os
+
+    from absl import flags, logging
+    from ml_collections import config_flags
+
+    values = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
+    if not values["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if values["config"].value is None:
+        raise fail(f"--config is required, e.g. --config {config_example}")
+    path = config_flags.get_config_filename(values["config"]).split(":", 1)[0]  # drop ":arg"
+    if not os.path.isfile(path):
+        raise fail(f"config file {path!r} not found; the configs are in configs/, e.g. configs/demo.py")
+    return values.config, values.workdir

@@ -2,7 +2,12 @@
 
 ``DIR/checkpoints/`` keeps the latest ``keep`` training states and ``DIR/best/`` the best one;
 each step holds the items ``variables`` (Flax collections), ``train`` (optimizer state, rng) and
-``meta`` (JSON).
+``meta`` (JSON; :data:`BEST_STEP_KEY` names the step of the best state so far).
+
+Training resumes bit-exactly from a step, so the state stored at a step *is* the state a run
+reaches there. Two rules follow, kept here once for both trainers (see :class:`CheckpointStore`):
+saving a step a directory already holds keeps the stored copy, and resuming drops ``best/``
+states newer than the resumed step (they belong to a future the run lost).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing_extensions import Self
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+# The meta key holding the step of the best state so far (a trainer writes it with every save).
+BEST_STEP_KEY = "best_step"
 
 
 def save_config(directory: str, config: ml_collections.ConfigDict, filename: str = "config.json") -> None:
@@ -59,6 +66,16 @@ class CheckpointStore:
     background, and every later save (and :meth:`close`) first waits for the previous one. In a
     multi-process job they are synchronous (see ``_manager``). Always ``close()`` (or use it as
     a context manager) before the process exits, or the last checkpoint may be incomplete.
+
+    The latest and the best state are two saves, and a run may be killed between them, or lose
+    its newest latest states (a deleted or unfinished step). A writable store therefore keeps
+    the two directories consistent itself:
+
+    - :meth:`save` skips a directory that already holds ``step`` (a finished run's final
+      evaluation saves its restored step again);
+    - restoring ``"latest"`` (resuming) deletes ``best/`` steps newer than the restored one, and
+      writes the restored state to ``best/`` when its meta names it the best
+      (:data:`BEST_STEP_KEY`) but ``best/`` lacks it (killed between the two saves).
     """
 
     def __init__(self, workdir: str, keep: int = 2, read_only: bool = False, hint: str = ""):
@@ -100,25 +117,24 @@ class CheckpointStore:
     def latest_step(self, which: str = "latest") -> int | None:
         return self._manager(which).latest_step()
 
-    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool, latest: bool = True) -> None:
+    def save(self, step: int, variables: Any, train: Any, meta: dict, is_best: bool) -> None:
         """Save one state at ``step``; also as the best state when ``is_best``.
 
-        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree (None for
-        an inference-only directory);
-        ``meta``: JSON-serialisable dict (step, epoch, scores). ``latest=False`` writes only the best
-        state (when the latest manager already holds ``step``).
+        ``variables``: Flax variables (all collections); ``train``: ``{"opt_state", "rng"}`` pytree
+        (None for an inference-only directory); ``meta``: JSON-serialisable dict (step, epoch,
+        scores, :data:`BEST_STEP_KEY`). A directory that already holds ``step`` keeps its copy.
         """
         items = {"variables": ocp.args.StandardSave(variables), "meta": ocp.args.JsonSave(meta)}
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
-        if latest:
-            self._manager("latest").save(step, args=ocp.args.Composite(**items), force=True)
+        self._save_new("latest", step, items)
         if is_best:
-            self._manager("best").save(
-                step,
-                args=ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
-                force=True,
-            )
+            self._save_new("best", step, {"variables": items["variables"], "meta": items["meta"]})
+
+    def _save_new(self, which: str, step: int, items: dict) -> None:
+        manager = self._manager(which)
+        if step not in manager.all_steps():
+            manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, which: str, variables_target: Any, train_target: Any = None, sharding=None):
         """-> ``(variables, train or None, meta)`` of the newest step of ``which`` ("latest" or "best").
@@ -126,7 +142,8 @@ class CheckpointStore:
         ``*_target``: pytrees of arrays or ShapeDtypeStructs with the expected structure (e.g. from
         ``jax.eval_shape(forecaster.init, ...)``; None restores the saved tree as it is); restored leaves are ``jax.Array`` placed with
         ``sharding`` (default: this process's first device). ``train_target`` None skips the
-        optimizer state. Raises FileNotFoundError (one line) if there is no checkpoint.
+        optimizer state. Raises FileNotFoundError (one line) if there is no checkpoint. Restoring
+        ``"latest"`` in a writable store resumes a run: see the class docstring for what it repairs.
         """
         manager = self._manager(which)
         step = manager.latest_step()
@@ -144,7 +161,19 @@ class CheckpointStore:
         if train_target is not None:
             args["train"] = ocp.args.StandardRestore(abstract_like(train_target, sharding))
         restored = manager.restore(step, args=ocp.args.Composite(**args))
-        return restored["variables"], (restored["train"] if train_target is not None else None), dict(restored["meta"])
+        variables, meta = restored["variables"], dict(restored["meta"])
+        if which == "latest" and not self.read_only:
+            self._reconcile_best(step, variables, meta)
+        return variables, (restored["train"] if train_target is not None else None), meta
+
+    def _reconcile_best(self, step: int, variables: Any, meta: dict) -> None:
+        """On resuming at ``step``: drop ``best/`` states of a lost future, restore a best state
+        that a kill between the two saves of ``step`` kept out of ``best/``."""
+        best = self._manager("best")
+        for lost in [s for s in best.all_steps() if s > step]:
+            best.delete(lost)
+        if meta.get(BEST_STEP_KEY) == step and step not in best.all_steps():
+            self._save_new("best", step, {"variables": ocp.args.StandardSave(variables), "meta": ocp.args.JsonSave(meta)})
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

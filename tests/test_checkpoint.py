@@ -1,9 +1,12 @@
-"""Run directories and checkpoints: save / restore leaf by leaf, load_trained, resuming a run.
+"""Run directories and checkpoints: save / restore leaf by leaf, load_trained, resuming a run, and
+the checkpoint store keeping ``checkpoints/`` and ``best/`` consistent across kills and restarts.
 
 The model under test is the tiny stand-in of test_train_cli.py (registered as ``"tiny"``), so these
 tests do not depend on the real forecasters.
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -14,10 +17,11 @@ import numpy as np
 import pytest
 from test_train_cli import TINY, TINY_ENTRY, tiny_config
 
-from kpflow import checkpoint, forecast
+from kpflow import checkpoint, forecast, run_store
 from kpflow.data import write_synthetic_folder
 from kpflow.keypoints import CausalScaler
-from train import forecaster as train_lib
+from kpflow.run_store import BEST_STEP_KEY
+from kpflow.training import forecaster as train_lib
 
 
 @pytest.fixture
@@ -62,12 +66,15 @@ def runs(tmp_path_factory):
         root = tmp_path_factory.mktemp("runs")
         straight, resumed = str(root / "straight"), str(root / "resumed")
         config = tiny_config(epochs=4, steps=4)
-        train_lib.train_and_evaluate(config, straight)
+        stderr = io.StringIO()  # not a terminal: the progress bar must write plain lines
+        with contextlib.redirect_stderr(stderr):
+            train_lib.train_and_evaluate(config, straight)
         train_lib.train_and_evaluate(config, resumed, stop_after_epoch=2)
         with open(os.path.join(resumed, "metrics.jsonl")) as f:
             epochs_after_stop = [json.loads(line)["epoch"] for line in f]
         best = train_lib.train_and_evaluate(config, resumed)
-        yield {"straight": straight, "resumed": resumed, "best": best, "epochs_after_stop": epochs_after_stop}
+        yield {"straight": straight, "resumed": resumed, "best": best, "epochs_after_stop": epochs_after_stop,
+               "stderr": stderr.getvalue()}
 
 
 def test_resume_continues_exactly(runs, tiny_model):
@@ -150,3 +157,88 @@ def test_load_trained_errors(runs, tiny_model, tmp_path):
     shutil.rmtree(os.path.join(workdir, "best"))
     with pytest.raises(FileNotFoundError, match="best"):
         checkpoint.load_trained(workdir, data_dir=str(data))
+
+
+def test_progress_in_a_log_file_has_no_carriage_returns(runs):
+    assert "train:" in runs["stderr"] and "16/16" in runs["stderr"]
+    assert "\r" not in runs["stderr"]
+
+
+def test_best_checkpoint_has_the_lowest_balanced_score(runs, tiny_model):
+    with open(os.path.join(runs["straight"], "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    for r in records:
+        val = {k.removeprefix("val/"): v for k, v in r.items() if k.startswith("val/")}
+        assert val["balanced"] == train_lib.balanced_score(val)
+    best = min(records, key=lambda r: r["val/balanced"])
+    assert checkpoint.load_trained(runs["straight"]).meta["epoch"] == best["epoch"]
+
+
+# -- the store keeps checkpoints/ and best/ consistent -----------------------------------------------
+
+
+def _variables(value: float) -> dict:
+    return {"params": {"w": jnp.full((3,), value, jnp.float32)}}
+
+
+TRAIN = {"rng": jnp.zeros((2,), jnp.uint32)}
+
+
+def _restored(workdir, which: str) -> tuple[float, dict]:
+    with run_store.CheckpointStore(str(workdir), read_only=True) as store:
+        variables, _, meta = store.restore(which, _variables(0.0))
+    return float(variables["params"]["w"][0]), meta
+
+
+def test_saving_a_step_the_store_holds_keeps_it(tmp_path):
+    """A finished run started again saves its restored step once more (its final evaluation):
+    that must not fail with orbax's "Checkpoint for step 5 already exists"."""
+    with run_store.CheckpointStore(str(tmp_path)) as store:
+        store.save(5, _variables(1.0), TRAIN, {"step": 5, BEST_STEP_KEY: 5}, is_best=True)
+        store.save(5, _variables(1.0), TRAIN, {"step": 5, BEST_STEP_KEY: 5}, is_best=True)  # within one run
+    with run_store.CheckpointStore(str(tmp_path)) as store:
+        variables, train, meta = store.restore("latest", _variables(0.0), TRAIN)
+        store.save(5, variables, train, meta, is_best=True)
+    assert _restored(tmp_path, "latest") == (1.0, {"step": 5, BEST_STEP_KEY: 5})
+    assert _restored(tmp_path, "best")[0] == 1.0
+
+
+def test_resuming_drops_the_best_state_of_a_lost_future(tmp_path):
+    """The newest latest state is lost (killed mid-save, deleted) while best/ holds it: the resumed
+    run must be able to save that step again, and best/ must not keep the lost state."""
+    with run_store.CheckpointStore(str(tmp_path), keep=2) as store:
+        store.save(10, _variables(1.0), TRAIN, {"step": 10, BEST_STEP_KEY: 10}, is_best=True)
+        store.save(20, _variables(2.0), TRAIN, {"step": 20, BEST_STEP_KEY: 20}, is_best=True)
+    shutil.rmtree(tmp_path / "checkpoints" / "20")
+    with run_store.CheckpointStore(str(tmp_path), keep=2) as store:
+        _, _, meta = store.restore("latest", _variables(0.0), TRAIN)
+        assert meta["step"] == 10
+        # best/ no longer holds step 20; the restored state, the best as of step 10, is back in it.
+        assert store.latest_step("best") == 10
+        store.save(20, _variables(3.0), TRAIN, {"step": 20, BEST_STEP_KEY: 10}, is_best=False)
+    assert _restored(tmp_path, "best") == (1.0, {"step": 10, BEST_STEP_KEY: 10})
+    assert _restored(tmp_path, "latest")[0] == 3.0
+
+
+def test_resuming_restores_a_best_state_a_kill_kept_out_of_best(tmp_path):
+    """Killed between the latest and the best save of step 20: resuming writes step 20 to best/."""
+    with run_store.CheckpointStore(str(tmp_path), keep=2) as store:
+        store.save(10, _variables(1.0), TRAIN, {"step": 10, BEST_STEP_KEY: 10}, is_best=True)
+        store.save(20, _variables(2.0), TRAIN, {"step": 20, BEST_STEP_KEY: 20}, is_best=False)
+    assert _restored(tmp_path, "best")[0] == 1.0
+    with run_store.CheckpointStore(str(tmp_path), keep=2) as store:
+        store.restore("latest", _variables(0.0), TRAIN)
+    assert _restored(tmp_path, "best") == (2.0, {"step": 20, BEST_STEP_KEY: 20})
+
+
+def test_resume_after_losing_the_newest_checkpoint(runs, tiny_model, tmp_path):
+    """The issue's reproduction: a finished run loses checkpoints/<last step>, then trains again."""
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["straight"], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "16")
+    best = train_lib.train_and_evaluate(tiny_config(epochs=4, steps=4), str(workdir))
+    assert best["epoch"] == runs["best"]["epoch"]
+    with open(workdir / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [4, 8, 12, 16]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "16"]
+    assert os.listdir(workdir / "best") == [str(best["step"])]

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     from kpflow import forecast, parallel
     from kpflow.data import synthetic_clips
     from kpflow.keypoints import CausalScaler
-    from train.forecaster import create_train_state, train_step
+    from kpflow.training.forecaster import create_train_state, train_step
 
     assert jax.device_count() == 8, jax.devices()
     clips = list(synthetic_clips(num_clips=4, num_speakers=2, min_frames=40, max_frames=40, num_keypoints=2, seed=0).values())

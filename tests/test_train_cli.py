@@ -1,9 +1,10 @@
 """``python -m train.forecaster`` end to end, and its one-line errors for bad inputs.
 
-The end-to-end run uses a tiny stand-in model (:class:`TinyForecaster`, also used by
-test_checkpoint.py) through a config file that registers it, so it tests the real entry point
-without depending on the real forecasters. This module must not import ``train``: the CLI process
-imports it, and ``python -m train.forecaster`` would then define its flags twice.
+Most runs use a tiny stand-in model (:class:`TinyForecaster`, also used by test_checkpoint.py)
+through a config file that registers it, so they test the real entry point without depending on
+the real forecasters; the VRNN and the GRU-NF then train for one short epoch each through the
+same ``main``, in this process. The CLI process imports this module too: importing ``train.*``
+defines no flags, so that is harmless.
 """
 
 import json
@@ -17,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
 from configs import demo
 from kpflow import checkpoint, forecast
+from kpflow.cli import parse_absl_flags
 from kpflow.data import load_clip, save_clip, write_synthetic_folder
 from kpflow.forecast.base import ForecastModule
 from kpflow.keypoints import vector_to_keypoints
@@ -198,3 +201,44 @@ def test_cli_bad_input_is_one_line_error(case, tmp_path):
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
     assert not (workdir / "checkpoints").exists()
+
+
+def test_importing_the_trainers_defines_no_flags():
+    import train.fomm
+    import train.forecaster  # noqa: F401
+
+    assert "config" not in flags.FLAGS and "workdir" not in flags.FLAGS
+
+
+def run_main(argv: list, monkeypatch) -> None:
+    """``python -m train.forecaster ARGV`` in this process: its flags go on a fresh FlagValues."""
+    from train import forecaster as cli
+
+    fresh = flags.FlagValues()
+    fresh["verbosity"] = flags.FLAGS["verbosity"]
+    monkeypatch.setattr(flags, "FLAGS", fresh)
+    argv = ["train/forecaster.py", *map(str, argv)]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the --config.* overrides from sys.argv
+    cli.define_flags()
+    cli.main(parse_absl_flags(argv))
+
+
+@pytest.mark.slow  # compiles a real model's training and sampling: tens of seconds
+@pytest.mark.parametrize("model", ["vrnn", "grunf"])
+def test_real_model_trains_and_its_best_checkpoint_samples(model, tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / model
+    run_main(["--config", f"configs/demo.py:{model}", "--workdir", workdir, "--config.train.num_epochs=1",
+              "--config.train.steps_per_epoch=2", "--config.train.batch_size=8", "--config.train.val_samples=2",
+              "--config.data.synthetic.num_clips=4", "--config.data.synthetic.num_speakers=2",
+              "--config.data.synthetic.min_frames=30", "--config.data.synthetic.max_frames=40"], monkeypatch)
+    out = capsys.readouterr()
+    assert f"best checkpoint: {workdir / 'best'} (epoch 1, step 2;" in out.out
+    assert "\r" not in out.err  # not a terminal: plain progress lines
+
+    trained = checkpoint.load_trained(str(workdir), which="best")
+    assert trained.forecaster.name == model and trained.step == 2
+    n, m = trained.config.num_observed, trained.config.num_predicted
+    context = np.stack([s[:n] for s in trained.train_clips.series()[:2]])  # [2, N, D]
+    samples = trained.forecaster.sample(trained.variables, context, m, jax.random.key(0), 3)
+    assert samples.shape == (3, 2, m, trained.train_clips.dim)
+    assert np.isfinite(np.asarray(samples)).all()

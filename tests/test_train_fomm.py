@@ -14,8 +14,8 @@ from configs.fomm_common import fomm_config
 from kpflow import fomm
 from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.fomm.model import build_networks, init_variables
+from kpflow.training import fomm as train_fomm
 from tests.conftest import REPO
-from train import fomm as train_fomm
 
 
 def _tiny_config(**train):
@@ -156,6 +156,14 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
     assert "resuming" in run.stdout and "at step 3" in run.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 3, 4, 5]
+
+    # The finished run started again: nothing to train, nothing saved or logged twice.
+    run = subprocess.run(common + ["--config.train.max_steps=5"], check=False, cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "at step 5" in run.stdout and "stopped at step 5" in run.stdout
+    assert [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()] == records
 
     model = fomm.load(str(workdir))
     kp = model.detect(np.zeros((1, 32, 32, 3), np.float32))

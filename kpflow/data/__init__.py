@@ -14,8 +14,10 @@ from kpflow.data.clips import (
 from kpflow.data.config import load_clips, load_splits
 from kpflow.data.synthetic import synthetic_clips, write_synthetic_folder
 from kpflow.data.windows import (
-    batches,
+    AUGMENTATIONS,
+    augment,
     check_long_enough,
+    epoch_batches,
     evaluation_windows,
     observed_frames_of_windows,
     parse_horizon,
@@ -24,10 +26,12 @@ from kpflow.data.windows import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "MISSING_DATA_HINT",
     "ClipSet",
-    "batches",
+    "augment",
     "check_long_enough",
+    "epoch_batches",
     "evaluation_windows",
     "load_clip",
     "load_clips",

@@ -1,4 +1,5 @@
-"""Windows over keypoint series: non-overlapping N+M evaluation windows, sliding training windows."""
+"""Windows over keypoint series: non-overlapping N+M evaluation windows, sliding training windows, and
+the forecaster trainer's input pipeline over them (:func:`epoch_batches`, :func:`augment`)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,6 @@ def evaluation_windows(series: np.ndarray, num_observed: int, horizon: int) -> n
     length = num_observed + horizon
     count = len(series) // length
     return np.asarray(series[: count * length]).reshape(count, length, series.shape[-1])
-
-
-def evaluation_window_starts(num_frames: int, num_observed: int, horizon: int) -> np.ndarray:
-    length = num_observed + horizon
-    return np.arange(num_frames // length) * length
 
 
 def observed_frames_of_windows(series: np.ndarray, num_observed: int, horizon: int) -> np.ndarray:
@@ -68,12 +64,44 @@ def stack_windows(clips: Mapping[str, np.ndarray] | Sequence[np.ndarray], length
     return np.concatenate(parts).astype(np.float32)
 
 
-def batches(windows: np.ndarray, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
-    """One epoch of shuffled batches ``[B, L, D]``. With fewer windows than a batch, yields one smaller batch."""
-    order = rng.permutation(len(windows))
-    if len(windows) < batch_size:
-        yield windows[order]
-        return
-    stop = len(order) - (len(order) % batch_size if drop_remainder else 0)
-    for i in range(0, stop, batch_size):
-        yield windows[order[i : i + batch_size]]
+# The window augmentations :func:`augment` knows (``config.data.augment`` picks among them).
+AUGMENTATIONS = ("reflect", "reverse")
+
+
+def augment(batch: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """Randomly transform half of the windows of ``batch [B, T, D]`` per augmentation in ``kinds``.
+
+    - ``reflect``: ``x' = 2 x_0 - x``, the window mirrored through its first frame. Forecasters see
+      positions relative to the window's first frame and steps, so this negates every input they
+      see: head motion has no preferred direction, and the learned drift then cannot carry one
+      from the few training speakers.
+    - ``reverse``: the window played backwards (motion statistics of talking heads are close to
+      time-reversible).
+    """
+    out = batch.copy()
+    b = len(out)
+    for kind in kinds:
+        pick = rng.random(b) < 0.5
+        if kind == "reflect":
+            out[pick] = 2.0 * out[pick, :1] - out[pick]
+        elif kind == "reverse":
+            out[pick] = out[pick, ::-1]
+        else:
+            raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
+    return out
+
+
+def epoch_batches(windows: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  augmentations: Sequence[str] = ()) -> Iterator[np.ndarray]:
+    """Endless shuffled (and optionally augmented) batches ``[B, N+M, D]`` for ``epoch``.
+
+    The order and the augmentations depend only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    while True:
+        order = rng.permutation(len(windows))
+        if len(windows) <= batch_size:
+            yield augment(windows[order], augmentations, rng)
+            continue
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield augment(windows[order[i : i + batch_size]], augmentations, rng)

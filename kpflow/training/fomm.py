@@ -1,0 +1,528 @@
+"""Stage-1 training of FOMM (keypoint detector + dense motion + generator [+ discriminator]), as a
+library: ``python -m train.fomm`` is :func:`train_and_evaluate` behind flags.
+
+Reconstruction training as in the reference ``train.py``: source and driving are two frames of one
+video; losses are the multi-scale perceptual loss on VGG19 features (or the labelled pixel-pyramid
+L1 substitute), equivariance of keypoint values and Jacobians under random thin-plate-spline warps,
+and, when ``loss_weights.generator_gan`` is non-zero, a least-squares GAN with feature matching (the
+discriminator is trained only then, as in the reference). Adam (b1 0.5) with the official
+milestone schedule (x0.1 at each of ``epoch_milestones``).
+
+The workdir holds ``config.json``, orbax ``checkpoints/`` (resume by training again) and
+``best/`` (lowest test reconstruction L1), and the run log (:mod:`kpflow.training.runlog`):
+``metrics.jsonl``, ``curves.png`` and ``samples/`` PNGs (source | driving with keypoints |
+prediction | occlusion map). ``kpflow.fomm.load(workdir)`` loads the result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kpflow import parallel
+from kpflow.data.video_augment import Augmentation
+from kpflow.data.video_pairs import PairBatches, VideoFolder
+from kpflow.fomm import losses
+from kpflow.fomm.model import Networks, build_networks, init_variables, load_config, save_config
+from kpflow.fomm.ops import resize_bilinear
+from kpflow.progress import progress
+from kpflow.run_store import BEST_STEP_KEY, CheckpointStore
+from kpflow.training import runlog
+
+CURVES_FILE = "curves.png"
+SAMPLES_DIR = "samples"
+PERCEPTUAL_CHOICES = ("vgg19", "pixel_l1")
+TRAIN_HINT = "train with `python -m train.fomm --config configs/fomm_vox.py:tiny --workdir DIR`"
+# Batches decoded and augmented ahead of the jitted step, in a background thread.
+PREFETCH_BATCHES = 3
+# Pairs shown in a samples/ grid.
+SAMPLE_ROWS = 4
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: parameters, batch statistics, optimizer states, step, rng."""
+
+    step: jax.Array
+    params: dict  # {"kp_detector", "generator", "discriminator"}
+    batch_stats: dict  # same keys
+    opt_gen: Any  # optimizer of kp_detector + generator
+    opt_disc: Any
+    rng: jax.Array
+
+
+def variables_of(state: TrainState) -> dict:
+    """The Flax variables ``{"kp_detector": {"params", "batch_stats"}, ...}`` of a state."""
+    out = {}
+    for name, params in state.params.items():
+        v = {"params": params}
+        if state.batch_stats.get(name):
+            v["batch_stats"] = state.batch_stats[name]
+        out[name] = v
+    return out
+
+
+def milestone_schedule(lr: float, milestones_steps: list[int]) -> optax.Schedule:
+    """``lr`` multiplied by 0.1 at each milestone (``torch.optim.lr_scheduler.MultiStepLR``)."""
+    return optax.piecewise_constant_schedule(lr, {int(s): 0.1 for s in milestones_steps if s > 0})
+
+
+def make_optimizers(config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    t = config.train
+    milestones = [m * steps_per_epoch for m in t.epoch_milestones]
+
+    def adam(lr):
+        return optax.adam(milestone_schedule(lr, milestones), b1=t.adam_b1, b2=t.adam_b2)
+
+    gen = optax.multi_transform(
+        {"kp_detector": adam(t.lr_kp_detector), "generator": adam(t.lr_generator)},
+        {"kp_detector": "kp_detector", "generator": "generator"},
+    )
+    return gen, adam(t.lr_discriminator)
+
+
+def create_train_state(nets: Networks, config, rng: jax.Array, opt_gen, opt_disc) -> TrainState:
+    """Freshly initialised networks and optimizer states; ``rng`` seeds both and the training stream."""
+    init_rng, rng = jax.random.split(rng)
+    variables = init_variables(nets, init_rng, config.data.frame_shape)
+    params = {k: v["params"] for k, v in variables.items()}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats={k: v.get("batch_stats", {}) for k, v in variables.items()},
+        opt_gen=opt_gen.init({"kp_detector": params["kp_detector"], "generator": params["generator"]}),
+        opt_disc=opt_disc.init(params["discriminator"]),
+        rng=rng,
+    )
+
+
+def validate_config(config) -> None:
+    """One-line ValueErrors for configs that cannot train."""
+    if not isinstance(config, ml_collections.ConfigDict) or "model" not in config:
+        raise ValueError("--config is not a FOMM config (no model section); use configs/fomm_<dataset>.py")
+    t = config.train
+    if t.perceptual not in PERCEPTUAL_CHOICES:
+        raise ValueError(f"train.perceptual must be one of {PERCEPTUAL_CHOICES}, got {t.perceptual!r}")
+    if t.perceptual == "vgg19" and not t.vgg19_weights:
+        raise ValueError(
+            "this config trains with the paper's VGG19 perceptual loss, which needs torchvision's VGG19 weights: "
+            "pass --config.train.vgg19_weights=PATH (vgg19-dcbb9e9d.pth or .npz), or select the labelled "
+            "substitute with --config.train.perceptual=pixel_l1"
+        )
+    if t.perceptual == "vgg19" and min(config.data.frame_shape[:2]) * min(t.scales) < losses.VGG19_MIN_SIZE:
+        raise ValueError(
+            f"VGG19 needs at least {losses.VGG19_MIN_SIZE} px at every pyramid scale; frame "
+            f"{config.data.frame_shape[:2]} x scale {min(t.scales)} is smaller: drop small train.scales"
+        )
+    if t.batch_size < 1 or t.num_epochs < 1 or t.num_repeats < 1:
+        raise ValueError("train.batch_size, train.num_epochs and train.num_repeats must be at least 1")
+    if not config.data.dir:
+        raise ValueError("config.data.dir is empty: point it at a FOMM video folder (root/{train,test}/)")
+
+
+# -- the loss --------------------------------------------------------------------------------------
+
+
+def generator_losses(nets: Networks, config, params, batch_stats, batch, rng, vgg_apply):
+    """FOMM's ``GeneratorFullModel``: ``(total, (loss dict, new batch_stats, generated))``."""
+    t = config.train
+    w = t.loss_weights
+    scales = tuple(t.scales)
+    stats = dict(batch_stats)
+
+    def detect(frames):
+        v = {"params": params["kp_detector"], "batch_stats": stats["kp_detector"]}
+        kp, upd = nets.kp_detector.apply(v, frames, train=True, mutable=["batch_stats"])
+        stats["kp_detector"] = upd["batch_stats"]
+        return kp
+
+    kp_source = detect(batch["source"])
+    kp_driving = detect(batch["driving"])
+    gv = {"params": params["generator"], "batch_stats": stats["generator"]}
+    generated, upd = nets.generator.apply(gv, batch["source"], kp_source, kp_driving, train=True, mutable=["batch_stats"])
+    stats["generator"] = upd["batch_stats"]
+
+    pyramid_real = losses.image_pyramid(batch["driving"], scales)
+    pyramid_gen = losses.image_pyramid(generated["prediction"], scales)
+    terms = {}
+    if t.perceptual == "vgg19":
+        terms["perceptual"] = losses.perceptual_loss(vgg_apply, pyramid_gen, pyramid_real, scales, tuple(w.perceptual))
+    else:
+        terms["pixel_l1"] = losses.pixel_pyramid_l1(pyramid_gen, pyramid_real, scales, float(w.perceptual[0]))
+
+    if w.generator_gan != 0:
+        kp_detached = jax.tree.map(jax.lax.stop_gradient, kp_driving)
+        dv = {"params": params["discriminator"], "batch_stats": stats.get("discriminator", {})}
+        disc_gen = nets.discriminator.apply(dv, pyramid_gen, kp_detached)
+        disc_real = nets.discriminator.apply(dv, pyramid_real, kp_detached)
+        disc_scales = nets.discriminator.scales
+        terms["gen_gan"] = losses.generator_gan_loss(disc_gen, disc_scales, float(w.generator_gan))
+        if sum(w.feature_matching) != 0:
+            terms["feature_matching"] = losses.feature_matching_loss(
+                disc_real, disc_gen, disc_scales, tuple(w.feature_matching)
+            )
+
+    if w.equivariance_value + w.equivariance_jacobian != 0:
+        tp = t.transform
+        transform = losses.Transform.random(
+            rng, batch["driving"].shape[0], tp.sigma_affine, tp.sigma_tps, tp.points_tps
+        )
+        kp_transformed = detect(transform.transform_frame(batch["driving"]))
+        value_loss, jacobian_loss = losses.equivariance_losses(kp_driving, kp_transformed, transform)
+        if w.equivariance_value != 0:
+            terms["equivariance_value"] = w.equivariance_value * value_loss
+        if w.equivariance_jacobian != 0 and kp_driving.jacobian is not None:
+            terms["equivariance_jacobian"] = w.equivariance_jacobian * jacobian_loss
+
+    total = sum(terms.values())
+    generated = dict(generated, kp_source=kp_source, kp_driving=kp_driving)
+    return total, (terms, stats, generated)
+
+
+def make_train_step(nets: Networks, config, opt_gen, opt_disc, vgg_apply):
+    """The jitted step: generator update, then (if the GAN is on) a discriminator update."""
+    w = config.train.loss_weights
+    train_disc = w.generator_gan != 0
+
+    def step(state: TrainState, batch):
+        rng, step_rng = jax.random.split(state.rng)
+        gen_params = {"kp_detector": state.params["kp_detector"], "generator": state.params["generator"]}
+
+        def loss_fn(p):
+            return generator_losses(nets, config, {**state.params, **p}, state.batch_stats, batch, step_rng, vgg_apply)
+
+        (total, (terms, stats, generated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen_params)
+        updates, opt_gen_state = opt_gen.update(grads, state.opt_gen, gen_params)
+        gen_params = optax.apply_updates(gen_params, updates)
+        params = {**state.params, **gen_params}
+        opt_disc_state = state.opt_disc
+        metrics = dict(terms, total=total)
+
+        if train_disc:
+            scales = tuple(config.train.scales)
+            pyramid_real = losses.image_pyramid(batch["driving"], scales)
+            pyramid_gen = losses.image_pyramid(jax.lax.stop_gradient(generated["prediction"]), scales)
+            kp = jax.tree.map(jax.lax.stop_gradient, generated["kp_driving"])
+
+            def disc_loss(dp):
+                dv = {"params": dp, "batch_stats": stats["discriminator"]}
+                real, upd = nets.discriminator.apply(dv, pyramid_real, kp, train=True, mutable=["batch_stats"])
+                dv = {"params": dp, "batch_stats": upd["batch_stats"]}
+                gen, upd = nets.discriminator.apply(dv, pyramid_gen, kp, train=True, mutable=["batch_stats"])
+                loss = losses.discriminator_gan_loss(real, gen, nets.discriminator.scales, float(w.discriminator_gan))
+                return loss, upd["batch_stats"]
+
+            (d_loss, d_stats), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(params["discriminator"])
+            d_updates, opt_disc_state = opt_disc.update(d_grads, state.opt_disc, params["discriminator"])
+            params = {**params, "discriminator": optax.apply_updates(params["discriminator"], d_updates)}
+            stats = {**stats, "discriminator": d_stats}
+            metrics["disc_gan"] = d_loss
+
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=stats, opt_gen=opt_gen_state, opt_disc=opt_disc_state, rng=rng
+        )
+        visuals = {
+            "prediction": generated["prediction"],
+            "occlusion_map": generated.get("occlusion_map"),
+            "kp_driving": generated["kp_driving"].value,
+            "kp_source": generated["kp_source"].value,
+        }
+        return new_state, metrics, visuals
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_reconstruct(nets: Networks):
+    """Jitted eval-mode reconstruction: ``(variables, source [B,H,W,3], driving [B,H,W,3]) -> prediction``."""
+
+    def reconstruct(variables, source, driving):
+        kp_source = nets.kp_detector.apply(variables["kp_detector"], source)
+        kp_driving = nets.kp_detector.apply(variables["kp_detector"], driving)
+        return nets.generator.apply(variables["generator"], source, kp_source, kp_driving)["prediction"]
+
+    return jax.jit(reconstruct)
+
+
+def copy_source_l1(clips: list[np.ndarray]) -> float:
+    """The same L1 when every frame is predicted as the clip's first (no motion at all): the bar a
+    model must pass to have learned motion rather than only the appearance of the source."""
+    total = sum(float(np.abs(frames - frames[:1]).mean()) * len(frames) for frames in clips)
+    return total / max(sum(len(frames) for frames in clips), 1)
+
+
+def reconstruction_l1(reconstruct, variables, clips: list[np.ndarray], batch_size: int) -> float:
+    """Mean |prediction - driving| over ``clips`` (each ``[T, H, W, 3]``), source = each clip's first
+    frame: FOMM's reconstruction protocol. Batches are padded to ``batch_size`` (one compilation)."""
+    errors, count = 0.0, 0
+    for frames in clips:
+        for start in range(0, len(frames), batch_size):
+            driving = frames[start : start + batch_size]
+            n = len(driving)
+            pad = np.concatenate([driving, np.repeat(driving[-1:], batch_size - n, axis=0)]) if n < batch_size else driving
+            source = np.repeat(frames[:1], batch_size, axis=0)
+            pred = np.asarray(reconstruct(variables, source, pad))[:n]
+            errors += float(np.abs(pred - driving).mean()) * n
+            count += n
+    return errors / max(count, 1)
+
+
+# -- pictures --------------------------------------------------------------------------------------
+
+
+def sample_grid(batch, visuals, rows: int = SAMPLE_ROWS) -> np.ndarray:
+    """Rows of ``source+kp | driving+kp | prediction | occlusion map`` as one ``[H', W', 3]`` uint8 image."""
+    source, driving = np.asarray(batch["source"]), np.asarray(batch["driving"])
+    pred = np.asarray(visuals["prediction"])
+    h, w = source.shape[1:3]
+    occ = visuals.get("occlusion_map")
+    lines = []
+    for i in range(min(rows, len(source))):
+        cells = [
+            runlog.draw_keypoints(source[i], np.asarray(visuals["kp_source"][i])),
+            runlog.draw_keypoints(driving[i], np.asarray(visuals["kp_driving"][i])),
+            pred[i],
+        ]
+        if occ is not None:
+            o = np.asarray(resize_bilinear(jnp.asarray(occ[i : i + 1]), h, w))[0]
+            cells.append(np.repeat(o, 3, axis=-1))
+        lines.append(cells)
+    return runlog.image_grid(lines)
+
+
+def plot_curves(records: list[dict], path: str) -> None:
+    """``curves.png``: the weighted training losses, and the test reconstruction L1 beside copying the source."""
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    keys = sorted({k for r in train for k in r["losses"]})
+    steps = [r["step"] for r in train]
+    loss_lines = [runlog.Line(k, steps, [r["losses"].get(k, math.nan) for r in train]) for k in keys]
+    copied = evals[-1].get("copy_source_l1") if evals else None
+    runlog.plot_panels([
+        runlog.Panel("training losses (weighted)", loss_lines, log_y=bool(loss_lines)),
+        runlog.Panel(
+            "reconstruction L1 on test/ (source = first frame)",
+            [runlog.Line("FOMM", [r["step"] for r in evals], [r["test_l1"] for r in evals], style="o-")] if evals else [],
+            hline=(copied, "source copied (no motion)") if copied is not None else None,
+        ),
+    ], path, panel_size=(5.5, 4.0))
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def prefetch(iterator: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
+    """Run ``iterator`` in a background thread (decoding and augmentation overlap the jitted step)."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+
+    def worker():
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=worker, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def load_data(config):
+    """-> ``(train VideoFolder, test VideoFolder or None, Augmentation)`` of ``config.data``."""
+    d = config.data
+    frame_shape = tuple(d.frame_shape)
+    train = VideoFolder(d.dir, "train", frame_shape=frame_shape, id_sampling=d.id_sampling, cache=d.cache)
+    try:
+        test = VideoFolder(d.dir, "test", frame_shape=frame_shape, id_sampling=False, cache=d.cache)
+    except (FileNotFoundError, ValueError):
+        test = None
+    augment = Augmentation(d.augmentation.to_dict() if hasattr(d.augmentation, "to_dict") else d.augmentation)
+    if d.cache:
+        # Decode every clip now: fails early on a bad file, and keeps ffmpeg subprocesses out of the
+        # training loop's prefetch thread.
+        for folder in (train, test):
+            if folder is not None:
+                for i in progress(range(folder.num_videos), desc=f"decoding {folder.folder}", leave=False):
+                    folder.video(i)
+    return train, test, augment
+
+
+def eval_clips(test: VideoFolder | None, config) -> list[np.ndarray]:
+    """The first ``train.eval_frames`` frames of the first ``train.eval_clips`` test videos."""
+    if test is None:
+        return []
+    t = config.train
+    clips = []
+    for i in range(min(t.eval_clips, test.num_videos)):
+        _, frames = test.video(i)
+        clips.append(np.asarray(frames[: t.eval_frames], np.float32))
+    return clips
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train (resuming from ``workdir`` if it holds a run); returns the last evaluation record.
+
+    Raises one-line ValueError / OSError for a config or data a user can fix, and
+    :class:`~kpflow.training.runlog.TrainingDiverged` when the loss stops being finite.
+    """
+    if not workdir:
+        raise ValueError("--workdir is required: the folder for checkpoints, metrics and samples")
+    validate_config(config)
+    train_set, test_set, augment = load_data(config)
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.isfile(os.path.join(workdir, "config.json")):
+        runlog.check_same_run(load_config(workdir), config, workdir)
+    main_process = parallel.is_main_process()
+    if main_process:
+        save_config(workdir, config)
+
+    t = config.train
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(t.batch_size, mesh)
+    batches = PairBatches(train_set, t.batch_size, t.num_repeats, seed=config.seed, augment=augment)
+    steps_per_epoch = batches.steps_per_epoch
+    total_steps = steps_per_epoch * t.num_epochs
+    if t.max_steps:
+        total_steps = min(total_steps, int(t.max_steps))
+    milestones = [x * steps_per_epoch for x in t.epoch_milestones]
+
+    nets = build_networks(config.model)
+    vgg_apply = None
+    if t.perceptual == "vgg19":
+        vgg_apply = losses.make_vgg_apply(losses.load_vgg19(t.vgg19_weights))
+    opt_gen, opt_disc = make_optimizers(config, steps_per_epoch)
+    state = create_train_state(nets, config, jax.random.key(config.seed), opt_gen, opt_disc)
+
+    store = CheckpointStore(workdir, keep=t.keep_checkpoints, hint=TRAIN_HINT)
+    best = {"l1": math.inf, "step": None}
+    resumed_step = None
+    if store.latest_step() is not None:
+        restored_vars, train_part, meta = store.restore(
+            "latest", variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng}
+        )
+        state = TrainState(
+            step=jnp.asarray(meta["step"], jnp.int32),
+            params={k: v["params"] for k, v in restored_vars.items()},
+            batch_stats={k: v.get("batch_stats", {}) for k, v in restored_vars.items()},
+            opt_gen=train_part["opt_gen"],
+            opt_disc=train_part["opt_disc"],
+            rng=train_part["rng"],
+        )
+        resumed_step = int(meta["step"])
+        best = {"l1": meta.get("best_test_l1", math.inf), "step": meta.get(BEST_STEP_KEY)}
+        if main_process:
+            print(f"resuming {workdir} at step {resumed_step}")
+    log = runlog.MetricsLog(workdir, resumed_step, write=main_process)
+    state = parallel.replicate(state, mesh)
+
+    train_step = make_train_step(nets, config, opt_gen, opt_disc, vgg_apply)
+    reconstruct = make_reconstruct(nets)
+    clips = eval_clips(test_set, config)
+    copy_l1 = copy_source_l1(clips) if clips else None
+    eval_every = int(t.eval_every) or steps_per_epoch
+    curves_path = os.path.join(workdir, CURVES_FILE)
+
+    def save(step: int, is_best: bool = False) -> None:
+        meta = {"step": step, "epoch": step / steps_per_epoch, "best_test_l1": best["l1"], BEST_STEP_KEY: best["step"]}
+        store.save(step, variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng},
+                   meta, is_best=is_best)
+
+    def evaluate(step: int) -> dict | None:
+        """Score, checkpoint and log the state at ``step``; None without test clips."""
+        if not clips:
+            return None
+        l1 = reconstruction_l1(reconstruct, variables_of(state), clips, t.batch_size)
+        is_best = l1 < best["l1"]
+        if is_best:
+            best.update(l1=l1, step=step)
+        save(step, is_best)
+        record = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch, "test_l1": l1,
+                  "copy_source_l1": copy_l1, "minutes": (time.time() - start) / 60}
+        log.append(record)
+        return record
+
+    def save_samples(step: int, host_batch, visuals) -> None:
+        grid = sample_grid(host_batch, jax.device_get(visuals))
+        runlog.save_image(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), grid)
+
+    step = int(state.step)
+    start = time.time()
+    # The last evaluation: a resumed run's at its restored step counts (a finished run does not redo it).
+    last = next((r for r in reversed(log.records) if r["kind"] == "eval" and r["step"] == step), None)
+    if step == 0:
+        last = evaluate(0)
+    host_batch = visuals = None  # the last trained batch and its pictures, for the final samples grid
+    bar = progress(total=total_steps, initial=step, desc="fomm", unit="step", disable=not main_process)
+    epoch, skip = divmod(step, steps_per_epoch)
+    stop_reason = "schedule done"
+    try:
+        while step < total_steps:
+            for i, batch in enumerate(prefetch(batches.epoch(epoch))):
+                if i < skip:
+                    continue
+                host_batch = batch
+                state, metrics, visuals = train_step(state, parallel.shard_batch(parallel.process_slice(batch), mesh))
+                step += 1
+                bar.update(1)
+                if step % t.log_every == 0 or step == total_steps:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    runlog.check_finite(m["total"], f"at step {step} (losses {m})",
+                                        "lower --config.train.lr_generator and --config.train.lr_kp_detector")
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k in ("total", "pixel_l1", "perceptual")})
+                    log.append({"kind": "train", "step": step, "epoch": step / steps_per_epoch, "losses": m,
+                                "lr": float(milestone_schedule(t.lr_generator, milestones)(step))})
+                if t.image_every and step % t.image_every == 0 and main_process:
+                    save_samples(step, host_batch, visuals)
+                if step % eval_every == 0:
+                    last = evaluate(step) or last
+                    if main_process and last:
+                        plot_curves(log.records, curves_path)
+                if t.max_minutes and (time.time() - start) / 60 >= t.max_minutes:
+                    stop_reason = f"time budget of {t.max_minutes:g} min reached"
+                    total_steps = step
+                    break
+                if step >= total_steps:
+                    break
+            epoch += 1
+            skip = 0
+            if epoch % t.checkpoint_freq == 0 and step % eval_every != 0:
+                save(step)
+    finally:
+        bar.close()
+    if not last or last["step"] != step:
+        last = evaluate(step) or last
+        if not clips:
+            save(step)
+    store.close()
+    if main_process:
+        plot_curves(log.records, curves_path)
+        if t.image_every and visuals is not None:
+            save_samples(step, host_batch, visuals)
+        first = next((r for r in log.records if r["kind"] == "eval"), None)
+        summary = f"stopped at step {step} ({stop_reason}) after {(time.time() - start) / 60:.1f} min"
+        if first and last:
+            summary += f"; test reconstruction L1 {first['test_l1']:.4f} at step {first['step']} -> {last['test_l1']:.4f}"
+            summary += f" (source copied: {copy_l1:.4f})"
+        print(summary)
+    return last or {}
