@@ -1,8 +1,20 @@
-"""Shared fixtures. ``shared_dir``: the real VoxCeleb keypoints, or a skip saying why they are absent."""
+"""Shared fixtures.
 
+- ``shared_dir``: the real VoxCeleb keypoints, or a skip saying why they are absent;
+  ``fomm_fixture``: reference outputs of the PyTorch FOMM, likewise;
+- ``tiny_run``, ``tiny_run_scores``: a tiny keypoint folder, a forecaster trained on it, and its
+  ``python -m eval.forecast`` scores (once per session, for the tests of the evaluation);
+- ``recorded``: a forecaster that records the samples it draws, even inside jitted callers.
+"""
+
+import dataclasses
+import functools
+import json
 import os
 import pathlib
+from typing import ClassVar
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -42,3 +54,105 @@ def fomm_fixture():
         return path
 
     return get
+
+
+# -- a tiny trained forecaster run, for the command-line evaluations -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """A folder of three short keypoint clips and a forecaster workdir trained on it for two steps.
+
+    The model is a deterministic GRU (every sample is the same point forecast), so a test can
+    recompute its forecast from the workdir alone. ``clips``: ``{name: [T, 6K] float32}`` as written.
+    """
+
+    data_dir: pathlib.Path
+    workdir: pathlib.Path
+    num_observed: int
+    horizon: int
+    clips: dict
+    samples: int = 3  # per window, in :meth:`evaluate`
+
+    @staticmethod
+    def write(folder: pathlib.Path, clips: dict) -> pathlib.Path:
+        """Write ``{name: [T, 6K]}`` as a keypoint folder (one ``value``/``jacobian`` .npz per clip)."""
+        from kpflow.data.clips import save_clip
+        from kpflow.keypoints import vector_to_keypoints
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, series in clips.items():
+            save_clip(str(folder / f"{name}.npz"), *vector_to_keypoints(series))
+        return folder
+
+    def evaluate(self, data_dir: pathlib.Path, out: pathlib.Path) -> dict:
+        """``python -m eval.forecast`` (in-process) of the workdir on ``data_dir`` with ``samples`` per
+        window, batches of 4 windows (so the last one is padded) and no plot; returns its JSON."""
+        import eval.forecast
+
+        eval.forecast.main(["--workdir", str(self.workdir), "--data_dir", str(data_dir), "--out", str(out),
+                            "--samples", str(self.samples), "--batch_size", "4", "--plot_windows", "0"])
+        return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """Three synthetic clips (2 keypoints) and a deterministic GRU trained on them for two steps at 4-3."""
+    from configs import demo
+    from kpflow.data import synthetic_clips
+    from kpflow.training.forecaster import train_and_evaluate
+
+    n, m = 4, 3
+    root = tmp_path_factory.mktemp("tiny_run")
+    # 22-33 frames: three or four 7-frame windows per clip and a few frames left over.
+    clips = synthetic_clips(num_clips=3, num_speakers=3, min_frames=22, max_frames=33, num_keypoints=2, seed=0)
+    data_dir = TinyRun.write(root / "clips", clips)
+    config = demo.get_config(f"gru,horizon={n}-{m}")
+    config.data.kind, config.data.dir = "npz", str(data_dir)
+    config.model.update(hidden=8, deterministic=True)
+    config.train.update(batch_size=4, num_epochs=1, steps_per_epoch=2, warmup_steps=1, val_samples=2)
+    train_and_evaluate(config, str(root / "run"))
+    return TinyRun(data_dir, root / "run", n, m, dict(clips))
+
+
+@pytest.fixture(scope="session")
+def tiny_run_scores(tiny_run) -> dict:
+    """The JSON of :meth:`TinyRun.evaluate` on the run's own folder (computed once per session)."""
+    return tiny_run.evaluate(tiny_run.data_dir, tiny_run.workdir / "eval.json")
+
+
+# -- recording the samples a forecaster draws, inside jitted callers -------------------------------
+
+
+@functools.cache
+def _recorded_class():
+    """The :class:`kpflow.forecast.Forecaster` subclass behind ``recorded`` (built once, so a jitted
+    caller compiles once per model however many tests record it)."""
+    import jax
+
+    from kpflow.forecast import Forecaster
+
+    @dataclasses.dataclass(frozen=True)
+    class Recorded(Forecaster):
+        """Draws what the wrapped forecaster draws, and copies every batch of samples onto ``tape``."""
+
+        tape: ClassVar[list] = []  # not a field: forecasters are hashed as static arguments
+
+        def sample(self, variables, context, horizon, rng, num_samples=1):
+            out = super().sample(variables, context, horizon, rng, num_samples)
+            jax.debug.callback(lambda x: Recorded.tape.append(np.asarray(x)), out)
+            return out
+
+    return Recorded
+
+
+@pytest.fixture
+def recorded():
+    """``recorded(forecaster) -> (same model, tape)``: the returned forecaster samples exactly as
+    ``forecaster`` does and appends each ``[S, B, M, D]`` batch of closed-loop samples it draws,
+    even inside jitted code, to the list ``tape`` (emptied for each test). Read the tape after
+    ``jax.effects_barrier()``."""
+    cls = _recorded_class()
+    cls.tape.clear()
+    yield lambda f: (cls(f.name, f.module), cls.tape)
+    cls.tape.clear()

@@ -1,5 +1,6 @@
-"""GRU, VAE and NF forecasters behind the shared interface: training lowers the loss, samples are keyed
-and closed-loop, the GRU's teacher-forced protocol sees the true past, horizons are enforced.
+"""GRU, VAE and NF forecasters behind the shared interface: training lowers the loss, samples are keyed,
+validation forecasts made from whole windows see only their context, the GRU's teacher-forced
+protocol sees the true past, horizons are enforced.
 
 Each model is trained once (``_trained``) and shared by the tests; every jitted function takes the
 variables as an argument (compilation dominates the cost on CPU).
@@ -16,6 +17,7 @@ import pytest
 from kpflow import forecast
 from kpflow.data import stack_windows, synthetic_clips
 from kpflow.keypoints import CausalScaler
+from kpflow.training.forecaster import eval_step
 
 N, M, K = 4, 3, 3
 D = 6 * K
@@ -80,7 +82,7 @@ def test_training_lowers_the_loss(key):
 
 
 @pytest.mark.parametrize("key", list(CONFIGS))
-def test_samples_are_keyed_closed_loop_forecasts(key):
+def test_samples_are_keyed(key):
     _, _, v, _, _ = _trained(key)
     sample = _sampler(key)
     window = _data()[2][:5]
@@ -97,11 +99,27 @@ def test_samples_are_keyed_closed_loop_forecasts(key):
     else:
         assert float(jnp.min(jnp.abs(s - other))) > 0
         assert float(jnp.min(jnp.abs(s[0] - s[1]))) > 0
-    # Closed loop: what follows the context cannot matter; the forecast sees only the context.
+
+
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_validation_forecasts_see_only_the_context(key, recorded):
+    # Through the trainer's validation step, which receives whole windows and slices the context
+    # itself: the samples it draws (recorded as they are drawn) must not move when the frames after
+    # N do, while its scores, made against those frames, must.
+    f, _, v, _, _ = _trained(key)
+    spy, tape = recorded(f)
+    window = _data()[2][:5]
     altered = window.at[:, N:].set(window[::-1, N:] + 1.0)
-    np.testing.assert_array_equal(
-        s, sample(v, altered[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
-    )
+    units, mask = jnp.ones((5, D)), jnp.ones(5, bool)
+    scores = [eval_step(v, w, units, mask, jax.random.PRNGKey(1), forecaster=spy, num_samples=S)
+              for w in (window, altered)]
+    jax.effects_barrier()
+    assert len(tape) == 2 and tape[0].shape == (S, 5, M, D)
+    np.testing.assert_array_equal(tape[0], tape[1])
+    for samples, w, score in zip(tape, (window, altered), scores):  # the recorded samples are the scored ones
+        mae_mean = np.mean(np.abs(samples.mean(0) - np.asarray(w[:, N:])), axis=(1, 2)).sum()
+        np.testing.assert_allclose(float(score["mae_mean"]), mae_mean, rtol=1e-5)
+    assert abs(float(scores[0]["mae_mean"]) - float(scores[1]["mae_mean"])) > 0.1
 
 
 def test_gru_teacher_forced_sees_the_true_past():

@@ -1,13 +1,14 @@
 """VRNN and GRU-NF forecasters: training lowers the loss (with and without the closed-loop energy
-term), closed-loop samples see only the context while the teacher-forced protocol sees the true
-frames, samples are keyed, any horizon works, the momentum skip extrapolates motion, and the
-per-window step scale and the energy-score loss match their definitions.
+term), validation forecasts made from whole windows see only their context while the teacher-forced
+protocol sees the true frames, samples are keyed, any horizon works, the momentum skip extrapolates
+motion, sign invariance hides the direction of motion from the GRU, and the per-window step scale
+and the energy-score loss match their definitions.
 
 Each model is trained once (``_trained``) and shared by the tests. Compilation, not computation, is
 the cost on CPU, so every jitted function takes the variables as arguments, compiles with XLA's
 cheapest settings (``quick_jit``), and the sampling tests share shapes (``S`` samples of ``B``
 windows): each model compiles init, a training step (which also evaluates), the gradient with the
-closed-loop term, ``teacher_forced`` once and ``sample`` at two horizons.
+closed-loop term, the validation step, ``teacher_forced`` once and ``sample`` at two horizons.
 """
 
 import functools
@@ -27,6 +28,7 @@ from kpflow.data import stack_windows, synthetic_clips
 from kpflow.forecast.base import context_step_scale
 from kpflow.forecast.scoring import energy_score_loss
 from kpflow.keypoints import CausalScaler
+from kpflow.training.forecaster import eval_step
 
 N, M, K = 4, 3, 3
 D = 6 * K
@@ -192,19 +194,29 @@ def test_closed_loop_weight_adds_a_finite_energy_term_with_finite_gradients(key)
 
 
 @pytest.mark.parametrize("key", MODELS)
-def test_closed_loop_samples_see_only_the_context(key):
-    v = _trained(key).final
-    sample = _sampler(key)
+def test_validation_forecasts_see_only_the_context(key, recorded):
+    # Through the trainer's validation step, which receives whole windows and slices the context
+    # itself: the samples it draws (recorded as they are drawn) must not move when the frames after
+    # N do, while its scores, made against those frames, must.
+    t = _trained(key)
+    spy, tape = recorded(t.forecaster)
     window = _window()
     other = window.at[:, N:].set(window[::-1, N:] + 1.0)  # the same first N frames, another future
     assert float(jnp.min(jnp.abs(other[:, N:] - window[:, N:]))) > 0.5
-    a = sample(v, window[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
-    np.testing.assert_array_equal(
-        a, sample(v, other[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
-    )
+    units, mask = jnp.ones((B, D)), jnp.ones(B, bool)
+    scores = [eval_step(t.final, w, units, mask, jax.random.PRNGKey(1), forecaster=spy, num_samples=S)
+              for w in (window, other)]
+    jax.effects_barrier()
+    assert len(tape) == 2 and tape[0].shape == (S, B, M, D)
+    np.testing.assert_array_equal(tape[0], tape[1])
+    for samples, w, score in zip(tape, (window, other), scores):  # the recorded samples are the scored ones
+        mae_mean = np.mean(np.abs(samples.mean(0) - np.asarray(w[:, N:])), axis=(1, 2)).sum()
+        np.testing.assert_allclose(float(score["mae_mean"]), mae_mean, rtol=1e-5)
+    assert abs(float(scores[0]["mae_mean"]) - float(scores[1]["mae_mean"])) > 0.1
     # ...but the context matters: move one observed frame and every window's forecast moves.
-    moved = window.at[:, N - 2].add(0.3)
-    c = sample(v, moved[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    sample = _sampler(key)
+    a = sample(t.final, window[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
+    c = sample(t.final, window.at[:, N - 2].add(0.3)[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=S)
     assert float(jnp.min(jnp.max(jnp.abs(c - a), axis=(-2, -1)))) > 1e-4
 
 
@@ -404,6 +416,74 @@ def test_untrained_grunf_momentum_shifts_the_sample_mean_ahead():
     np.testing.assert_allclose(
         mirrored, jnp.broadcast_to(0.6 * velocity, mirrored.shape), atol=1e-4
     )
+
+
+# -- sign invariance ------------------------------------------------------------------------------
+# Reflecting a window through its first frame (x -> 2 x_0 - x) negates every relative position and
+# every step. ``sign_invariant`` promises that the GRU state sees their magnitudes only; with it off,
+# the same reflection must move the state (so these checks can fail).
+
+
+def _reflected(frames):
+    """``[B, T, D]`` -> the frames reflected through each window's first frame."""
+    return 2.0 * frames[:, :1] - frames
+
+
+@pytest.mark.parametrize("sign_invariant", [True, False])
+def test_grunf_sign_invariance_leaves_direction_to_the_momentum(sign_invariant):
+    # The GRU's state after a context and after its reflection: equal when sign-invariant. Then the
+    # first forecast step draws the same flow sample under the same key, and only the momentum
+    # term, rho times the last observed step, flips sign: the two first steps differ by exactly
+    # 2 rho (last step).
+    t = _trained("grunf")
+    f = _create("grunf", sign_invariant=sign_invariant)
+    module = type(f.module)
+
+    @quick_jit
+    def top_state(v, context):
+        scaler = f.scaler_of(v)
+        params = {k: x for k, x in v.items() if k != "scaler"}
+        return f.module.apply(params, scaler.transform(context), scaler.step_scale, method=module.encode)["top"]
+
+    sample = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+    context = _window()[:, :N]
+    mirror = _reflected(context)
+    tops = top_state(t.final, context), top_state(t.final, mirror)
+    first = [sample(t.final, c, horizon=1, rng=jax.random.PRNGKey(6), num_samples=S)[:, :, 0] - c[:, -1]
+             for c in (context, mirror)]
+    momentum_flip = 2.0 * _momentum(t.final) * (context[:, -1] - context[:, -2])  # [B, D]
+    off_by = float(jnp.max(jnp.abs(first[0] - first[1] - momentum_flip)))
+    step = float(jnp.max(jnp.abs(first[0])))
+    if sign_invariant:
+        np.testing.assert_allclose(tops[0], tops[1], atol=1e-5)
+        assert off_by < 1e-4 * step, (off_by, step)
+    else:
+        assert float(jnp.max(jnp.abs(tops[0] - tops[1]))) > 1e-2
+        assert off_by > 1e-2 * step, (off_by, step)
+
+
+@pytest.mark.parametrize("sign_invariant", [True, False])
+def test_vrnn_sign_invariance_feeds_the_state_magnitudes_only(sign_invariant):
+    # One state update from a frame and its predecessor, then from both reflected through the
+    # anchor, with the same previous state and latent: the same new state when sign-invariant.
+    t = _trained("vrnn")
+    mod, v = _create("vrnn", sign_invariant=sign_invariant).module, {"params": t.final["params"]}
+    hidden, latent = CONFIGS["vrnn"][1]["hidden"], CONFIGS["vrnn"][1]["latent"]
+    r = np.random.default_rng(2)
+    h, dz = (jnp.asarray(r.normal(size=(B, hidden)), jnp.float32) for _ in range(2))
+    z = jnp.asarray(r.normal(size=(B, latent)), jnp.float32)
+    anchor, prev, frame, last = (jnp.asarray(r.normal(size=(B, D)), jnp.float32) for _ in range(4))
+    scale = jnp.asarray(r.uniform(0.5, 2.0, size=(B, D)), jnp.float32)
+
+    def advance(frame, prev):
+        carry = mod.apply(v, h, frame, prev, dz, z, z, anchor, scale, last, method=lambda m, *a: m._advance(*a))
+        return carry[0]
+
+    same, reflected = advance(frame, prev), advance(2 * anchor - frame, 2 * anchor - prev)
+    if sign_invariant:
+        np.testing.assert_allclose(reflected, same, atol=1e-5)
+    else:
+        assert float(jnp.max(jnp.abs(reflected - same))) > 1e-2
 
 
 # -- energy-score loss ----------------------------------------------------------------------------
