@@ -1,10 +1,95 @@
-"""FOMM mgif-256: the official model and training parameters; `configs/fomm_mgif.py:tiny` for a CPU.
+r"""FOMM stage 1 on Moving-GIF: the official mgif-256 model and training (the reference's
+``config/mgif-256.yaml``), and ``:tiny``, a reduced variant for a 2-core CPU.
 
-    python -m train.fomm --config configs/fomm_mgif.py --workdir runs/fomm_mgif --config.data.dir=DIR
+Option after the ``:``: ``tiny`` (64x64 frames, narrow networks, an L1 image pyramid in place of the
+VGG19 loss and a 15-minute budget; see below).
+
+    python -m train.fomm --config configs/fomm_mgif.py --workdir runs/fomm_mgif \
+        --config.data.dir=data/moving-gif --config.train.vgg19_weights=vgg19-dcbb9e9d.pth
+    python -m train.fomm --config configs/fomm_mgif.py:tiny --workdir runs/fomm_tiny_mgif \
+        --config.data.dir=PATH/moving-gif
+
+Not trained here (no Moving-GIF videos on this machine): no time or result was measured. Official
+checkpoints convert with it (``python -m kpflow.fomm.convert --config configs/fomm_mgif.py``).
 """
 
-from configs.fomm_common import fomm_config
+import ml_collections
+
+from configs import fomm_common
 
 
-def get_config(arg: str | None = None):
-    return fomm_config("mgif", arg)
+def get_config(arg=None):
+    arg = fomm_common.parse_arg("mgif", arg)
+    config = fomm_common.base_config("mgif", "tiny" if arg.tiny else "official")
+
+    # model_params of mgif-256.yaml.
+    config.model = ml_collections.ConfigDict({
+        "common": {"num_kp": 10, "num_channels": 3, "estimate_jacobian": True},
+        "kp_detector": {
+            "temperature": 0.1,
+            "block_expansion": 32,
+            "max_features": 1024,
+            "scale_factor": 0.25,
+            "num_blocks": 5,
+            "single_jacobian_map": True,  # one Jacobian for all keypoints
+            "pad": 0,
+        },
+        "generator": {
+            "block_expansion": 64,
+            "max_features": 512,
+            "num_down_blocks": 2,
+            "num_bottleneck_blocks": 6,
+            "estimate_occlusion_map": True,
+            "dense_motion_params": {
+                "block_expansion": 64, "max_features": 1024, "num_blocks": 5, "scale_factor": 0.25,
+            },
+        },
+        "discriminator": {
+            "scales": (1,), "block_expansion": 32, "max_features": 512, "num_blocks": 4, "sn": True,
+        },
+    })
+    # dataset_params of mgif-256.yaml.
+    config.data = ml_collections.ConfigDict({
+        "dir": "data/moving-gif",
+        "frame_shape": (256, 256, 3),
+        "id_sampling": False,
+        "augmentation": {
+            "flip_param": {"horizontal_flip": True, "time_flip": True},
+            "crop_param": {"size": (256, 256)},
+            "resize_param": {"ratio": (0.9, 1.1)},
+            "jitter_param": {"hue": 0.5},
+        },
+        "cache": True,  # decoded clips kept in memory
+    })
+    # train_params of mgif-256.yaml that differ per dataset (the shared ones: fomm_common.py).
+    config.train.update(num_epochs=100, num_repeats=25, epoch_milestones=(60, 90), batch_size=36,
+                        checkpoint_freq=100)
+    config.train.loss_weights.generator_gan = 1.0
+
+    if arg.tiny:
+        # Same structure, fewer channels, for 64x64 frames on a CPU.
+        config.model.kp_detector.update(block_expansion=16, max_features=128, num_blocks=4,
+                                        scale_factor=0.5)
+        config.model.generator.update(block_expansion=16, max_features=64, num_bottleneck_blocks=2)
+        config.model.generator.dense_motion_params.update(block_expansion=16, max_features=128,
+                                                          num_blocks=4, scale_factor=0.5)
+        config.model.discriminator.update(block_expansion=16, max_features=128, num_blocks=3)
+        config.data.frame_shape = (64, 64, 3)
+        config.data.id_sampling = False  # a handful of clips, often of one speaker
+        config.data.augmentation.crop_param.size = (64, 64)
+        config.train.update(
+            num_epochs=1000,
+            num_repeats=10,
+            batch_size=8,
+            epoch_milestones=(800, 900),
+            checkpoint_freq=5,
+            perceptual="pixel_l1",  # no VGG19 weights needed
+            image_every=100,
+            log_every=10,
+            eval_every=100,
+            eval_clips=6,
+            eval_frames=16,
+            max_minutes=15.0,
+        )
+        config.train.loss_weights.perceptual = (10.0,)  # the pixel pyramid is one "layer"
+    return config

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The kpflow demo: the whole system on generated videos (about ten minutes on 2 CPU cores).
+# The kpflow demo: the whole system on generated videos (about seven minutes on 2 CPU cores).
 #   1. write a synthetic video dataset (64x64 mp4 clips of two "identities", train/ and test/),
 #   2. train a tiny FOMM on it for a few minutes (stage 1),
 #   3. extract every clip's keypoints with it (what a sender transmits),
-#   4. train a tiny VRNN and a tiny GRU-NF on the training clips' keypoints (stage 2),
+#   4. train a VRNN and a GRU-NF on the training clips' keypoints (stage 2): their :cpu configs,
+#      narrower and for a short schedule (configs/demo.py),
 #   5. score them on the test clips' keypoints against hold-last, linear and random-walk baselines,
 #   6. render the test clips in the 6-6 streaming schedule (6 frames sent, 6 forecast) with FOMM
 #      and each forecaster, and score the videos: tables, frame grid, ratio density, sample GIFs.

@@ -76,7 +76,7 @@ class VRNNForecaster(ForecastModule):
     Attributes:
       hidden: GRU units. latent: size of z_t. *_hidden: widths of the prior, posterior and decoder MLPs.
       residual: decode steps in scale units instead of frames.
-      kl_weight: weight of the KL term (beta). free_bits: KL per step below this is not penalised.
+      kl_weight: weight of the KL term (beta).
       latent_temperature: scale of the prior's noise on z when forecasting (sampling and the
         teacher-forced protocol; never in training): 1 samples the prior, below 1 narrows the
         samples around their centre, like a flow's sampling temperature. Chosen on validation data.
@@ -129,7 +129,6 @@ class VRNNForecaster(ForecastModule):
     decoder_hidden: int = 64
     residual: bool = True
     kl_weight: float = 1.0
-    free_bits: float = 0.0
     decoder_temperature: float = 1.0
     latent_temperature: float | tuple[float, ...] = 1.0
     mirror_samples: bool = False
@@ -288,8 +287,7 @@ class VRNNForecaster(ForecastModule):
         scale = self._scale(x[:, : self.num_observed], step_scale)
         _, (nll, kl) = self._observe(x, x[:, 0], scale)
         nll, kl = nll[:, 1:], kl[:, 1:]
-        kl_pen = jnp.maximum(kl, self.free_bits) if self.free_bits > 0 else kl
-        loss = jnp.mean(nll + self.kl_weight * kl_pen) / self.dim
+        loss = jnp.mean(nll + self.kl_weight * kl) / self.dim
         metrics = {"nll": jnp.mean(nll) / self.dim, "kl": jnp.mean(kl)}
         if self.closed_loop_weight > 0:
             n, k = self.num_observed, self.closed_loop_samples
