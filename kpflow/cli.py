@@ -70,8 +70,9 @@ def define_run_flags(config_help: str, workdir_help: str, lock_config: bool = Fa
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
-    flags.DEFINE_string("workdir", None, workdir_help)
+    # flag_values read now, not at import: tests swap in a fresh FlagValues to run a main twice.
+    config_flags.DEFINE_config_file("config", None, config_help, flag_values=flags.FLAGS, lock_config=lock_config)
+    flags.DEFINE_string("workdir", None, workdir_help, flag_values=flags.FLAGS)
 
 
 def run_flags(argv: list[str], config_example: str):

@@ -14,6 +14,18 @@ import jax.numpy as jnp
 from kpflow.forecast.base import ForecastModule
 
 
+def hold_last(context: jnp.ndarray, horizon: int) -> jnp.ndarray:
+    """``context [..., N, D]`` -> ``[..., horizon, D]``: the last observed frame repeated."""
+    return jnp.repeat(context[..., -1:, :], horizon, axis=-2)
+
+
+def random_walk(last: jnp.ndarray, eps: jnp.ndarray, step_std: jnp.ndarray) -> jnp.ndarray:
+    """Gaussian random walk from ``last [..., 1, D]`` with standard-normal steps ``eps [..., M, D]``
+    scaled per dimension by ``step_std [D]`` -> ``[..., M, D]``. The caller draws ``eps``, so one
+    formula serves :class:`RandomWalk` and a training loop's validation baseline alike."""
+    return last + jnp.cumsum(eps * step_std, axis=-2)
+
+
 class _Baseline(ForecastModule):
     def point(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
         raise NotImplementedError
@@ -32,7 +44,7 @@ class HoldLast(_Baseline):
     """Repeat the last observed frame."""
 
     def point(self, context, horizon, step_scale):
-        return jnp.repeat(context[:, -1:], horizon, axis=1)
+        return hold_last(context, horizon)
 
 
 class Linear(_Baseline):
@@ -48,9 +60,9 @@ class RandomWalk(_Baseline):
     """Gaussian random walk from the last frame, step std per dimension = ``step_scale`` (fitted)."""
 
     def point(self, context, horizon, step_scale):
-        return jnp.repeat(context[:, -1:], horizon, axis=1)
+        return hold_last(context, horizon)
 
     def sample(self, context, horizon, step_scale):
         b, _, d = context.shape
         eps = jax.random.normal(self.make_rng("sample"), (b, horizon, d), context.dtype)
-        return context[:, -1:] + jnp.cumsum(eps * step_scale, axis=1)
+        return random_walk(context[:, -1:], eps, step_scale)

@@ -42,8 +42,7 @@ from kpflow.data import (
     parse_horizon,
     stack_windows,
 )
-from kpflow.forecast import Forecaster
-from kpflow.forecast.baselines import HoldLast
+from kpflow.forecast import Forecaster, baselines
 from kpflow.keypoints import CausalScaler, MinMaxScaler
 from kpflow.progress import progress
 from kpflow.run_store import BEST_STEP_KEY
@@ -164,20 +163,19 @@ def eval_step(variables, windows: jax.Array, units: jax.Array, mask: jax.Array, 
     m = future.shape[1]
     samples = forecaster.sample(variables, context, m, rng, num_samples)  # [S, B, M, D]
     samples_z, future_z = samples / units[None, :, None], future / units[:, None]
-    hold_last = HoldLast(dim=forecaster.dim, num_observed=n, horizon=m).point(context, m, None)  # [B, M, D]
-    # The random walk of kpflow.forecast.baselines.RandomWalk: Gaussian steps from the last observed
-    # frame with the training split's per-dimension step std (here in raw units). Written out, not
-    # RandomWalk.sample, whose noise comes per sample key from Flax's 'sample' stream: drawn from
-    # fold_in(rng, 1) as here, the validation scores (and the checkpoints they pick) stay those of
-    # earlier runs.
+    held = baselines.hold_last(context, m)  # [B, M, D]
+    # The random walk of kpflow.forecast.baselines: Gaussian steps from the last observed frame with
+    # the training split's per-dimension step std (here in raw units). Its noise is drawn here from
+    # fold_in(rng, 1), all samples at once, so the validation scores (and the checkpoints they pick)
+    # stay those of earlier runs.
     scaler = forecaster.scaler_of(variables)
     eps = jax.random.normal(jax.random.fold_in(rng, 1), samples.shape, samples.dtype)
-    walk = context[None, :, -1:] + jnp.cumsum(eps * (scaler.step_scale * scaler.scale), axis=2)
+    walk = baselines.random_walk(context[None, :, -1:], eps, scaler.step_scale * scaler.scale)  # [S, B, M, D]
     scores = {
         "energy_score": kpmetrics.energy_score(samples_z, future_z),
         "mae_mean": kpmetrics.sample_mean_mae(samples_z, future_z),
         "mae_best": kpmetrics.best_of_s_mae(samples_z, future_z),
-        "mae_hold_last": kpmetrics.mae(hold_last / units[:, None], future_z),
+        "mae_hold_last": kpmetrics.mae(held / units[:, None], future_z),
         "energy_random_walk": kpmetrics.energy_score(walk / units[None, :, None], future_z),
     }
     # where(), not a product: a padded row's NaN must not poison the sum.
