@@ -4,7 +4,8 @@
   ``fomm_fixture``: reference outputs of the PyTorch FOMM, likewise;
 - ``tiny_run``, ``tiny_run_scores``: a tiny keypoint folder, a forecaster trained on it, and its
   ``python -m eval.forecast`` scores (once per session, for the tests of the evaluation);
-- ``recorded``: a forecaster that records the samples it draws, even inside jitted callers.
+- ``recorded``: a forecaster that records the samples it draws, even inside jitted callers;
+- ``video_datasets``: the synthetic videos of :data:`VIDEO_SIZE` etc., written in a format on first use.
 """
 
 import dataclasses
@@ -18,6 +19,24 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# The synthetic video dataset of the video tests: frame size, frames per clip, train and test clips.
+VIDEO_SIZE, VIDEO_FRAMES, VIDEO_TRAIN, VIDEO_TEST = 32, 12, 4, 2
+
+
+@pytest.fixture(scope="module")
+def video_datasets(tmp_path_factory):
+    """The synthetic dataset written in a format on first use: ``video_datasets[fmt] = (root, {split: [paths]})``."""
+    from kpflow.data.synthetic_video import make_synthetic_videos
+
+    class Written(dict):
+        def __missing__(self, fmt):
+            root = tmp_path_factory.mktemp(f"videos_{fmt}")
+            written = make_synthetic_videos(root, num_train=VIDEO_TRAIN, num_test=VIDEO_TEST,
+                                            num_frames=VIDEO_FRAMES, size=VIDEO_SIZE, seed=3, fmt=fmt)
+            self[fmt] = (root, written)
+            return self[fmt]
+
+    return Written()
 VOX_KEYPOINTS = pathlib.Path("data") / "vox_keypoints"
 
 

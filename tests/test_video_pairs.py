@@ -6,28 +6,17 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import VIDEO_FRAMES, VIDEO_SIZE, VIDEO_TEST, VIDEO_TRAIN
 
-from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.data.video_pairs import PairBatches, VideoFolder
 from kpflow.data.videos import NoVideosError
 
-SIZE, FRAMES, TRAIN, TEST = 32, 12, 4, 2
+SIZE, FRAMES, TRAIN, TEST = VIDEO_SIZE, VIDEO_FRAMES, VIDEO_TRAIN, VIDEO_TEST
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    """The synthetic dataset written in a format on first use: ``datasets[fmt] = (root, {split: [paths]})``."""
-
-    class Written(dict):
-        def __missing__(self, fmt):
-            root = tmp_path_factory.mktemp(f"videos_{fmt}")
-            written = make_synthetic_videos(
-                root, num_train=TRAIN, num_test=TEST, num_frames=FRAMES, size=SIZE, seed=3, fmt=fmt
-            )
-            self[fmt] = (root, written)
-            return self[fmt]
-
-    return Written()
+def datasets(video_datasets):
+    return video_datasets
 
 
 def _random_frames(shape, seed=0) -> np.ndarray:

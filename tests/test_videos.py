@@ -7,6 +7,7 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import VIDEO_FRAMES, VIDEO_SIZE, VIDEO_TEST, VIDEO_TRAIN
 
 from kpflow.data import synthetic_video
 from kpflow.data.synthetic_video import make_synthetic_videos
@@ -19,20 +20,12 @@ from kpflow.data.videos import (
     resolve_videos,
 )
 
-SIZE, FRAMES, TRAIN, TEST = 32, 12, 4, 2
+SIZE, FRAMES, TRAIN, TEST = VIDEO_SIZE, VIDEO_FRAMES, VIDEO_TRAIN, VIDEO_TEST
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    """The same synthetic dataset written in every format: ``{fmt: (root, {split: [paths]})}``."""
-    out = {}
-    for fmt in ("png", "mp4", "gif", "folder"):
-        root = tmp_path_factory.mktemp(f"videos_{fmt}")
-        written = make_synthetic_videos(
-            root, num_train=TRAIN, num_test=TEST, num_frames=FRAMES, size=SIZE, seed=3, fmt=fmt
-        )
-        out[fmt] = (root, written)
-    return out
+def datasets(video_datasets):
+    return video_datasets
 
 
 def _random_frames(shape, seed=0) -> np.ndarray:
