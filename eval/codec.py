@@ -47,7 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kpflow.channel import check_loss, loss_pattern
 from kpflow.cli import UsageError, one_line, run_cli
+from kpflow.codec import SEQ_MODULO
 from kpflow.io import check_output_path, keypoint_series, read_frames, video_paths
 from kpflow.progress import progress
 from kpflow.runs import load_fomm
@@ -80,8 +82,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--basis", default="pca", choices=["pca", "identity"],
                    help="residuals coded in the principal directions of motion (pca) or per dimension")
     p.add_argument("--deadzone", type=float, default=0.6, help="residual components up to this many steps are not sent")
-    p.add_argument("--intra_period", type=int, default=60, help="every N-th packet is intra (loss recovery)")
-    p.add_argument("--max_gap", type=int, default=60, help="send at least every N frames (<= 127)")
+    p.add_argument("--intra_period", type=int, default=30,
+                   help="an intra packet at least every N frames (loss recovery; 0: none; <= 128; default 30)")
+    p.add_argument("--max_gap", type=int, default=30, help="send at least every N frames (1..128; default 30)")
+    p.add_argument("--loss_rates", type=float, nargs="*", default=[0.05, 0.2],
+                   help="packet loss rates at which the operating point (kpflow_threshold at the papers' MAE) is "
+                        "scored; it also gets single-loss recovery times (none: skip both)")
+    p.add_argument("--burst", type=float, default=3.0, help="mean length of a loss run (1: independent losses)")
+    p.add_argument("--loss_seed", type=int, default=0, help="seed of the loss patterns")
     p.add_argument("--render", default="nearest", choices=RENDER_CHOICES,
                    help="with --fomm: which points are rendered (nearest: the papers' two and, per policy, the point "
                         "nearest the half-forecast keypoint MAE; all: every point)")
@@ -95,6 +103,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--deadzone must be in [0, 1.5) steps; got {a.deadzone}")
     if a.max_clips < 0 or a.chunk_size < 1:
         p.error(f"--max_clips must be >= 0 and --chunk_size >= 1; got {a.max_clips} and {a.chunk_size}")
+    if not 0 <= a.intra_period <= SEQ_MODULO or not 1 <= a.max_gap <= SEQ_MODULO:
+        p.error(f"--intra_period must be 0..{SEQ_MODULO} and --max_gap 1..{SEQ_MODULO} frames; "
+                f"got {a.intra_period} and {a.max_gap}")
+    for rate in a.loss_rates:
+        try:
+            check_loss(rate, a.burst)
+        except ValueError as e:
+            p.error(f"--loss_rates/--burst: {e}")
     return a
 
 
@@ -234,22 +250,48 @@ def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> tupl
             "intra_packets": intra, "bytes": total}, recs
 
 
+def sender_settings(a: argparse.Namespace, threshold: float | None) -> dict:
+    """The Sender's keyword arguments of a point: every frame (``threshold`` None) or the threshold policy."""
+    sender = {"intra_period": a.intra_period, "max_gap": a.max_gap}
+    if threshold is None:
+        sender["policy"] = "every_frame"
+    else:
+        sender.update(policy="threshold", threshold=threshold)
+    return sender
+
+
+def fitted_params(a: argparse.Namespace, fit: list[np.ndarray], point: dict):
+    """The codec parameters of a point (its ``step``, ``policy`` and ``threshold``), fitted on the fitting
+    clips only (the scored ones stay unseen), then refitted to what that policy sends there."""
+    from kpflow import codec
+
+    sender = sender_settings(a, point.get("threshold") if point.get("policy", "threshold") != "every_frame" else None)
+    try:
+        base = codec.CodecParams.fit(fit, point["step"], basis=a.basis, deadzone=a.deadzone)
+    except ValueError as e:
+        raise UsageError(one_line(e)) from None
+    return base.fit_to_policy(fit, **sender)
+
+
+def operating_point(points: list[dict]) -> dict | None:
+    """The kpflow_threshold point that the loss scores go to: the cheapest at the papers' keypoint MAE
+    (else the most accurate one)."""
+    paper = next(p for p in points if p["policy"] == "paper_fp32_half_forecast")
+    best = best_at(points, "kpflow_threshold", paper["mae_raw"])
+    candidates = [p for p in points if p["policy"] == "kpflow_threshold"]
+    return best or (min(candidates, key=lambda p: p["mae_raw"]) if candidates else None)
+
+
 def rate_distortion(a: argparse.Namespace, fit: list[np.ndarray], scored: list[np.ndarray]) -> list[tuple[dict, list]]:
     """Every point of the sweep, each with its per-clip reconstructions ``[T, D]`` of ``scored``."""
-    from kpflow import codec
 
     points = paper_points(scored)
     for step in a.steps:
         points.append(order0_point(scored, step))
     jobs = list(itertools.product(a.steps, [None, *a.thresholds]))
     for step, threshold in progress(jobs, desc="rate-distortion", unit="point"):
-        base = codec.CodecParams.fit(fit, step, basis=a.basis, deadzone=a.deadzone)
-        sender = {"intra_period": a.intra_period, "max_gap": a.max_gap}
-        if threshold is None:
-            sender["policy"] = "every_frame"
-        else:
-            sender.update(policy="threshold", threshold=threshold)
-        params = base.fit_to_policy(fit, **sender)  # fitting clips only: the scored ones stay unseen
+        sender = sender_settings(a, threshold)
+        params = fitted_params(a, fit, {"step": step, **sender})
         p, recs = codec_point(scored, params, **sender)
         setting = {"step": step, "basis": a.basis, "deadzone": a.deadzone}
         if threshold is None:
@@ -257,6 +299,43 @@ def rate_distortion(a: argparse.Namespace, fit: list[np.ndarray], scored: list[n
         else:
             points.append(({"policy": "kpflow_threshold", **setting, "threshold": threshold, **p}, recs))
     return points
+
+
+def score_losses(point: dict, params, scored: list[np.ndarray], a: argparse.Namespace) -> None:
+    """Add to ``point`` (a kpflow_threshold point, fitted ``params``) how it fares under loss.
+
+    ``single_loss_recovery``: over every packet of every scored clip, dropped alone, the frames until
+    the receiver shows what a lossless one shows (``kpflow.codec.loss_recovery``; a trial that never
+    recovers counts the frames to the clip's end). ``loss``: per rate of ``--loss_rates``, bursty
+    losses (``--burst``) drawn per clip from ``--loss_seed``: keypoint MAE over all frames and over
+    the frames whose packet was lost.
+    """
+    from kpflow import codec
+
+    sender = {"policy": "threshold", "threshold": point["threshold"], "intra_period": a.intra_period, "max_gap": a.max_gap}
+    frames, recovered = [], []
+    for s in progress(scored, desc="single-loss recovery", unit="clip", leave=False):
+        f, ok = codec.loss_recovery(s, params, **sender)
+        frames.append(f)
+        recovered.append(ok)
+    frames, recovered = np.concatenate(frames), np.concatenate(recovered)
+    point["single_loss_recovery"] = {
+        "trials": len(frames), "mean_frames": float(frames.mean()), "p50_frames": float(np.percentile(frames, 50)),
+        "p95_frames": float(np.percentile(frames, 95)), "max_frames": int(frames.max()),
+        "never_share": float(1 - recovered.mean()),
+    }
+    rng = np.random.default_rng(a.loss_seed)
+    point["loss"] = []
+    for rate in a.loss_rates:
+        errors, lost_errors = [], []
+        for s in scored:
+            out = codec.transmit(s, params, lost_packets=loss_pattern(len(s), rate, a.burst, rng), **sender)
+            err = np.abs(out["reconstruction"] - s)
+            errors.append(err.ravel())
+            lost_errors.append(err[out["lost"]].ravel())
+        lost = np.concatenate(lost_errors)
+        point["loss"].append({"rate": rate, "burst": a.burst, "mae_raw": float(np.mean(np.concatenate(errors))),
+                              "mae_raw_lost_frames": float(lost.mean()) if lost.size else None})
 
 
 # -- pixels ----------------------------------------------------------------------------------------
@@ -380,8 +459,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         fit, scored, frames = video_clips(args, fomm)
     else:
         fit, scored = keypoint_clips(args)
+    from kpflow.codec import finest_step
+
+    if min(args.steps) < finest_step(fit):
+        raise UsageError(f"--steps {min(args.steps):g} is too fine for the data's range; use steps of at least "
+                         f"{finest_step(fit):.2g}")
     results = rate_distortion(args, fit, scored)
     points = [p for p, _ in results]
+    operating = operating_point(points)
+    if args.loss_rates and operating is not None:
+        params = fitted_params(args, fit, operating)
+        score_losses(operating, params, scored, args)
     if args.videos:
         add_pixel_errors(points, [r for _, r in results], points_to_render(points, args.render), frames, scored, fomm,
                          args.chunk_size)
@@ -414,6 +502,15 @@ def write_and_report(args: argparse.Namespace, points: list[dict]) -> None:
             + (f"; headers {b['header_kbps']:.2f} kbps, {b['packets_per_second']:.1f} packets/s" if "header_kbps" in b else "")
             + ")")
         print(f"  {policy:<20} {line}")
+    for p in points:
+        if "single_loss_recovery" in p:
+            r = p["single_loss_recovery"]
+            print(f"under loss ({p['policy']}, {describe(p)}): one lost packet leaves the receiver wrong for "
+                  f"{r['mean_frames']:.1f} frames on average (p95 {r['p95_frames']:.0f}, max {r['max_frames']}; "
+                  f"{100 * r['never_share']:.1f}% not recovered by the clip's end; {r['trials']} trials)")
+            for q in p["loss"]:
+                lost = "no frame lost" if q["mae_raw_lost_frames"] is None else f"{q['mae_raw_lost_frames']:.4f} over lost frames"
+                print(f"  {100 * q['rate']:.0f}% loss, bursts of {q['burst']:g}: keypoint MAE {q['mae_raw']:.4f} ({lost})")
     rendered = [p for p in points if "pixel_mae" in p]
     if rendered:
         print("rendered (reconstruction mode), pixel MAE vs ground truth / vs FOMM with exact keypoints:")

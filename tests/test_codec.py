@@ -52,7 +52,7 @@ def test_arithmetic_coding_round_trips_within_a_byte_of_the_information_content(
 
 def test_every_frame_round_trip_is_within_the_quantisation_bound(clips, params):
     series = clips[1][0]
-    out = codec.transmit(series, params, policy="every_frame", intra_period=10_000)
+    out = codec.transmit(series, params, policy="every_frame", intra_period=0)
     assert out["packets"] == len(series) and out["intra_packets"] == 1
     err = (out["reconstruction"] - series).astype(np.float64)
     step = params.quantizer.step
@@ -68,8 +68,8 @@ def test_deadzone_bounds_the_error_and_saves_bytes(clips):
     series = clips[1][0]
     sharp = codec.CodecParams.fit(clips[0], step=0.01, deadzone=0.5)
     dead = codec.CodecParams.fit(clips[0], step=0.01, deadzone=0.9)
-    a = codec.transmit(series, sharp, policy="every_frame", intra_period=10_000)
-    b = codec.transmit(series, dead, policy="every_frame", intra_period=10_000)
+    a = codec.transmit(series, sharp, policy="every_frame", intra_period=0)
+    b = codec.transmit(series, dead, policy="every_frame", intra_period=0)
     assert b["bytes"] < a["bytes"]
     err = (b["reconstruction"][1:] - series[1:]).astype(np.float64) @ dead.basis
     assert np.all(np.abs(err) <= 0.9 * 0.01 + TOL)
@@ -87,15 +87,20 @@ def test_motion_basis_is_orthonormal_and_ordered(clips, params):
 def test_bitrate_counts_every_byte_headers_included(clips, params):
     series = clips[1][0]
     sender = codec.Sender(params, policy="threshold", threshold=0.01, intra_period=20)
-    packets = [p for p in (sender.step(x) for x in series) if p is not None]
+    sent = [(t, p) for t, p in enumerate(sender.step(x) for x in series) if p is not None]
+    packets = [p for _, p in sent]
     assert codec.HEADER_BYTES == 1 and all(len(p) >= 1 for p in packets)
-    # Header: bit 7 intra (every 20th packet here), bits 0-6 the sequence number mod 128.
+    # Header: bit 7 intra, bits 0-6 the sequence number mod 128.
     assert [p[0] & 0x7F for p in packets] == [i % 128 for i in range(len(packets))]
-    assert len(packets) > 20 and [bool(p[0] & 0x80) for p in packets] == [i % 20 == 0 for i in range(len(packets))]
+    # An intra packet first and then at least every 20 frames (the period counts frames, not packets).
+    intra_frames = [t for t, p in sent if p[0] & 0x80]
+    assert len(packets) > 20 and intra_frames[0] == 0 and len(intra_frames) >= len(series) // 20
+    assert np.all(np.diff(intra_frames) <= 20) and intra_frames[-1] >= len(series) - 20
     out = codec.transmit(series, params, policy="threshold", threshold=0.01, intra_period=20, fps=30.0)
     assert out["bytes"] == sum(len(p) for p in packets) and out["packets"] == len(packets)
     assert out["header_bytes"] == len(packets)
-    assert out["kbps"] == pytest.approx(out["bytes"] * 8 / (len(series) / 30.0) / 1000)
+    assert out["intra_packets"] == len(intra_frames)
+    np.testing.assert_allclose(out["kbps"], out["bytes"] * 8 / (len(series) / 30.0) / 1000)
 
 
 def test_threshold_policy_sends_fewer_packets_and_bounds_the_drift(clips, params):
@@ -170,8 +175,161 @@ def test_bad_input_gives_one_line_errors(clips, params):
         codec.CodecParams.fit(clips[0], 0.01, deadzone=2.0)
     with pytest.raises(ValueError, match=r"\[T, 60\]"):
         codec.transmit(np.zeros((5, 12)), params)
-    with pytest.raises(ValueError, match="header"):
-        codec.Receiver(params).step(b"")
+    with pytest.raises(ValueError, match="intra_period"):
+        codec.Sender(params, intra_period=codec.SEQ_MODULO + 1)
+    with pytest.raises(ValueError, match="too fine"):
+        codec.CodecParams.fit(clips[0], 1e-9)
+
+
+# -- a hostile channel ----------------------------------------------------------------------------
+
+
+def _bounded(frames: np.ndarray, params) -> bool:
+    return bool(np.all(frames >= params.low) and np.all(frames <= params.high) and np.isfinite(frames).all())
+
+
+def test_receiver_survives_bursty_loss_reordering_duplicates_junk_and_empty_packets(clips, params):
+    from kpflow.channel import loss_pattern
+
+    series = np.concatenate([clips[1][0], clips[1][1]])
+    sender = codec.Sender(params, threshold=0.01)
+    packets = [sender.step(x) for x in series]
+    half = len(series) // 2
+    rng = np.random.default_rng(7)
+    lost = loss_pattern(half, 0.3, burst=4.0, rng=rng)
+    arriving = list(packets)
+    for t in range(half):  # the first half through a bad channel, the second half clean
+        if lost[t]:
+            arriving[t] = None
+        elif rng.random() < 0.1 and t + 1 < half:  # reordered: two frames' packets swapped
+            arriving[t], arriving[t + 1] = arriving[t + 1], arriving[t]
+        elif rng.random() < 0.1 and t > 0 and arriving[t] is None:  # a duplicate of the previous packet
+            arriving[t] = packets[t - 1]
+        elif arriving[t] is None:  # junk, oversize junk and empty packets where nothing was sent
+            arriving[t] = [b"", rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes(),
+                           bytes(5000)][int(rng.integers(0, 3))]
+    receiver = codec.Receiver(params)
+    rec = np.stack([receiver.step(p) for p in arriving])
+    assert _bounded(rec, params)
+    assert receiver.stats.junk > 0 and receiver.stats.loss_events > 0
+    # Once the channel is clean, the first intra packet makes the receiver show what the sender's mirror shows.
+    resync = next(t for t in range(half, len(series)) if packets[t] is not None and packets[t][0] & codec.INTRA_FLAG)
+    assert resync - half <= codec.DEFAULT_INTRA_PERIOD
+    np.testing.assert_array_equal(rec[resync:], np.stack(sender.mirror.history)[resync:])
+
+
+def test_junk_and_empty_packets_change_nothing(clips, params):
+    series = clips[1][0]
+    sender = codec.Sender(params, threshold=0.02)
+    packets = [sender.step(x) for x in series]
+    assert any(p is None for p in packets)
+    rng = np.random.default_rng(0)
+    hostile, junk = [], 0
+    for p in packets:
+        if p is None:
+            p = b"" if rng.random() < 0.3 else rng.integers(0, 256, int(rng.integers(1, 24)), dtype=np.uint8).tobytes()
+            junk += len(p) > 0
+        hostile.append(p)
+    receiver = codec.Receiver(params)
+    rec = np.stack([receiver.step(p) for p in hostile])
+    assert junk > 10
+    np.testing.assert_array_equal(rec, np.stack(sender.mirror.history))
+
+
+def test_a_damaged_intra_packet_or_a_frame_outside_the_range_is_never_shown(clips, params):
+    series = clips[1][0]
+    sender, receiver = codec.Sender(params), codec.Receiver(params)
+    first = sender.step(series[0])
+    damaged = bytearray(first)
+    damaged[-1] ^= 0x10  # one flipped bit: the CRC fails
+    np.testing.assert_array_equal(receiver.step(bytes(damaged)), params.centre)
+    assert receiver.stats.junk == 1 and receiver.needs_intra
+    receiver.step(first)
+    assert not receiver.needs_intra
+    # A well-formed intra packet (right CRC) whose frame lies far outside the fitted range.
+    far = params.high + 50 * (params.high - params.low)
+    packet = codec.intra_packet(1, params.intra.encode(params.quantizer.symbols(far - params.centre)))
+    shown = receiver.step(packet)
+    assert receiver.stats.out_of_range == 1 and receiver.needs_intra
+    np.testing.assert_array_equal(shown, receiver.history[-2])  # the prediction (held frame) instead
+    # A sender handed such a frame clips it into the range before coding.
+    sender2, receiver2 = codec.Sender(params), codec.Receiver(params)
+    assert _bounded(receiver2.step(sender2.step(np.full(params.quantizer.dim, 1e30))), params)
+
+
+def test_after_exactly_128_lost_packets_the_receiver_knows_it_is_out_of_sync(clips, params):
+    series = np.concatenate(clips[1])[:200]
+    sender = codec.Sender(params, policy="every_frame", intra_period=0)  # one intra packet, at frame 0
+    packets = [sender.step(x) for x in series]
+    lost = range(10, 10 + codec.SEQ_MODULO)
+    receiver = codec.Receiver(params)
+    rec = np.stack([receiver.step(None if t in lost else p) for t, p in enumerate(packets)])
+    after = 10 + codec.SEQ_MODULO
+    assert packets[after][0] & 0x7F == packets[10][0] & 0x7F  # the sequence number wrapped to the lost one's
+    assert receiver.stats.loss_events == 1 and receiver.needs_intra
+    np.testing.assert_array_equal(rec[after:], np.repeat(rec[9:10], len(series) - after, axis=0))  # holding
+    # With one packet fewer lost, the gap shows in the sequence number as well.
+    receiver = codec.Receiver(params)
+    for t, p in enumerate(packets[: after + 1]):
+        receiver.step(None if t in range(11, after) else p)
+    assert receiver.needs_intra
+
+
+def test_a_keyframe_request_resynchronises_the_receiver_at_the_next_frame(clips, params):
+    series = clips[1][0]
+    sender, receiver = codec.Sender(params, policy="every_frame", intra_period=0), codec.Receiver(params)
+    for t, x in enumerate(series[:40]):
+        packet = sender.step(x)
+        receiver.step(None if t in (20, 21) else packet)
+        if receiver.needs_intra and t >= 22:
+            sender.request_intra()
+            break
+    packet = sender.step(series[t + 1])
+    assert packet[0] & codec.INTRA_FLAG
+    shown = receiver.step(packet)
+    assert not receiver.needs_intra
+    np.testing.assert_array_equal(shown, sender.mirror.history[-1])
+
+
+def test_one_lost_packet_is_repaired_within_the_intra_period(clips, params):
+    period = 15
+    frames = np.concatenate([codec.loss_recovery(s, params, threshold=0.01, intra_period=period)[0] for s in clips[1]])
+    assert len(frames) > 20 and frames.max() <= period and frames.mean() > 1
+    # Without periodic intra packets a single loss lasts until a residual happens not to fit.
+    unrepaired, recovered = codec.loss_recovery(clips[1][0], params, threshold=0.01, intra_period=0, max_gap=period)
+    assert unrepaired.max() > period or not recovered.all()
+
+
+def test_codec_params_travel_as_arrays(clips, params, tmp_path):
+    np.savez(tmp_path / "codec.npz", **params.to_arrays())
+    with np.load(tmp_path / "codec.npz") as f:
+        restored = codec.CodecParams.from_arrays(dict(f))
+    series = clips[1][0]
+    a = codec.transmit(series, params, threshold=0.01)
+    b = codec.transmit(series, restored, threshold=0.01)
+    assert a["bytes"] == b["bytes"]
+    np.testing.assert_array_equal(a["reconstruction"], b["reconstruction"])
+    broken = dict(params.to_arrays())
+    del broken["low"]
+    with pytest.raises(ValueError, match="lack"):
+        codec.CodecParams.from_arrays(broken)
+    broken = dict(params.to_arrays(), basis=np.eye(3))
+    with pytest.raises(ValueError, match="malformed"):
+        codec.CodecParams.from_arrays(broken)
+
+
+def test_loss_pattern_has_its_rate_and_mean_burst():
+    from kpflow.channel import check_loss, loss_pattern
+
+    for burst in (1.0, 4.0):
+        lost = loss_pattern(200_000, 0.2, burst, np.random.default_rng(0))
+        runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], lost.astype(int), [0]]))))[::2]
+        assert lost.mean() == pytest.approx(0.2, abs=0.01)
+        assert runs.mean() == pytest.approx(burst if burst > 1 else 1 / 0.8, rel=0.05)
+    assert not loss_pattern(100, 0.0).any()
+    for rate, burst, message in ((1.0, 2, "rate"), (0.2, 0.5, "burst"), (0.9, 2, "at least")):
+        with pytest.raises(ValueError, match=message):
+            check_loss(rate, burst)
 
 
 # -- eval.codec ------------------------------------------------------------------------------------
@@ -188,7 +346,7 @@ def test_eval_codec_cli_writes_the_rate_distortion_points(tmp_path, capsys):
         save_clip(str(data / f"{name}.npz"), *vector_to_keypoints(series))
     out = tmp_path / "rd.json"
     code = eval_codec.main(["--data_dir", str(data), "--out", str(out), "--steps", "0.02", "0.05",
-                            "--thresholds", "0.02"])
+                            "--thresholds", "0.02", "--loss_rates", "0.2"])
     assert code == 0
     points = json.loads(out.read_text())
     policies = {p["policy"] for p in points}
@@ -202,7 +360,14 @@ def test_eval_codec_cli_writes_the_rate_distortion_points(tmp_path, capsys):
     ours = [p for p in points if p["policy"].startswith("kpflow")]
     assert len(ours) == 4 and all(0 < p["header_kbps"] < p["kbps"] for p in ours)
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "papers' 6 sent + 6 held" in capsys.readouterr().out
+    # The operating point (kpflow_threshold at the papers' MAE) is also scored under loss.
+    scored = [p for p in ours if "single_loss_recovery" in p]
+    assert len(scored) == 1 and scored[0]["policy"] == "kpflow_threshold"
+    recovery, (lossy,) = scored[0]["single_loss_recovery"], scored[0]["loss"]
+    assert recovery["trials"] > 0 and 0 <= recovery["p50_frames"] <= recovery["p95_frames"] <= recovery["max_frames"] <= 30
+    assert lossy["rate"] == 0.2 and lossy["mae_raw_lost_frames"] > lossy["mae_raw"] > scored[0]["mae_raw"]
+    stdout = capsys.readouterr().out
+    assert "papers' 6 sent + 6 held" in stdout and "one lost packet leaves the receiver wrong" in stdout
 
 
 def test_eval_codec_fit_speakers_splits_by_speaker(tmp_path, capsys):
@@ -228,6 +393,8 @@ def test_eval_codec_fit_speakers_splits_by_speaker(tmp_path, capsys):
     assert "no clip" in one_line_error(capsys)
     assert eval_codec.main(["--data_dir", str(data), "--fit_dir", str(data), "--fit_speakers", speakers[0], *out]) == 2
     assert "not both" in one_line_error(capsys)
+    assert eval_codec.main(["--data_dir", str(data), "--steps", "1e-9", "--loss_rates", *out]) == 2
+    assert "too fine" in one_line_error(capsys)
 
 
 def one_line_error(capsys) -> str:
@@ -245,6 +412,10 @@ def test_eval_codec_cli_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_codec.main(["--data_dir", str(tmp_path), *out, "--deadzone", "3"])
     assert "--deadzone" in capsys.readouterr().err  # argparse's own usage + error
+    for bad in (["--max_gap", "0"], ["--intra_period", "129"], ["--loss_rates", "1.5"], ["--burst", "0.5"]):
+        with pytest.raises(SystemExit):
+            eval_codec.main(["--data_dir", str(tmp_path), *out, *bad])
+        assert bad[0] in capsys.readouterr().err
     assert eval_codec.main(out) == 2
     assert "--data_dir" in one_line_error(capsys)
     assert eval_codec.main(["--fomm", str(tmp_path), *out]) == 2
