@@ -16,6 +16,7 @@ from tests.conftest import REPO
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
+NOTEBOOK_STEPS = 40  # training steps in the notebooks under test (300 when a person runs them)
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -45,12 +46,14 @@ def kernel_dir(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, kernel_dir):
+def test_notebook_runs(path, kernel_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed: pip install -e '.[dev]'")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed: pip install -e '.[dev]'")
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
+    # A smoke test: every cell runs; the trainings are shortened (the kernel inherits this environment).
+    monkeypatch.setenv("KPFLOW_NOTEBOOK_STEPS", str(NOTEBOOK_STEPS))
     nb = nbformat.read(path, as_version=4)
     km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
     client = nbclient.NotebookClient(
