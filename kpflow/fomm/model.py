@@ -72,15 +72,22 @@ def init_variables(nets: Networks, rng: jax.Array, frame_shape, with_discriminat
     (H, W[, C]); each entry holds ``params`` and ``batch_stats``."""
     h, w = int(frame_shape[0]), int(frame_shape[1])
     c = nets.kp_detector.num_channels
-    frames = jnp.zeros((1, h, w, c), jnp.float32)
-    k_det, k_gen, k_disc = jax.random.split(rng, 3)
-    det_vars = nets.kp_detector.init(k_det, frames)
-    kp = nets.kp_detector.apply(det_vars, frames)
-    variables = {"kp_detector": det_vars, "generator": nets.generator.init(k_gen, frames, kp, kp)}
-    if with_discriminator:
-        pyramid = {f"prediction_{_key(s)}": frames for s in nets.discriminator.scales}
-        variables["discriminator"] = nets.discriminator.init(k_disc, pyramid, kp)
-    return jax.tree.map(jnp.asarray, jax.tree.map(lambda x: x, variables))
+
+    # One compiled program: run op by op, initialising the networks dispatches hundreds of small
+    # computations (minutes for the tiny FOMM on a CPU). Inside a caller's jit it is simply inlined.
+    @jax.jit
+    def init(rng):
+        frames = jnp.zeros((1, h, w, c), jnp.float32)
+        k_det, k_gen, k_disc = jax.random.split(rng, 3)
+        det_vars = nets.kp_detector.init(k_det, frames)
+        kp = nets.kp_detector.apply(det_vars, frames)
+        variables = {"kp_detector": det_vars, "generator": nets.generator.init(k_gen, frames, kp, kp)}
+        if with_discriminator:
+            pyramid = {f"prediction_{_key(s)}": frames for s in nets.discriminator.scales}
+            variables["discriminator"] = nets.discriminator.init(k_disc, pyramid, kp)
+        return jax.tree.map(lambda x: x, variables)
+
+    return jax.tree.map(jnp.asarray, init(rng))
 
 
 def _key(scale) -> str:
