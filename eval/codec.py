@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from kpflow.channel import check_loss, loss_pattern
-from kpflow.cli import UsageError, one_line, run_cli
+from kpflow.cli import OneLineArgumentParser, UsageError, one_line, run_cli
 from kpflow.codec import SEQ_MODULO
-from kpflow.io import check_output_path, keypoint_series, read_frames, video_paths
+from kpflow.io import check_output_path, keypoint_series, read_videos, video_paths, video_run_status
 from kpflow.progress import progress
 from kpflow.runs import load_fomm
 
@@ -64,7 +64,7 @@ RENDER_CHOICES = ("nearest", "all")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval.codec", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m eval.codec", description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default="", help="folder of per-clip .npz keypoints (or give --videos and --fomm)")
     p.add_argument("--videos", default="", help="folder of videos (a FOMM layout's test/); keypoints from --fomm's detector")
     p.add_argument("--fomm", default="", help="FOMM directory (train.fomm): detects the keypoints of --videos and renders them")
@@ -170,7 +170,7 @@ def keypoint_clips(a: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
     return fitting, [clips.clips[n] for n in scored]
 
 
-def video_clips(a: argparse.Namespace, fomm) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def video_clips(a: argparse.Namespace, fomm, skips) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """``--videos`` (and ``--fit_dir``) through ``fomm``'s detector -> (fitting series, scored series,
     scored frames); series ``[T, D]``, frames ``[T, H, W, 3]`` float32 in [0, 1] at the FOMM's frame size.
     Only the scored clips' frames are kept."""
@@ -181,11 +181,13 @@ def video_clips(a: argparse.Namespace, fomm) -> tuple[list[np.ndarray], list[np.
     fit, scored = split_clips([str(p) for p in paths], a, a.videos)
     fit_paths = fit_paths or [Path(p) for p in fit]
     shape = frame_shape_of(fomm.config)
-    fitting = [keypoint_series(fomm, read_frames(p, shape))
-               for p in progress(fit_paths, desc="detect (fitting clips)", unit="clip", leave=False)]
+    # An unreadable video is skipped with a line, and the run exits 1 at the end (kpflow.io.read_videos).
+    fitting = [keypoint_series(fomm, frames) for _, frames in
+               progress(read_videos(fit_paths, shape, skips), desc="detect (fitting clips)", unit="clip",
+                        total=len(fit_paths), leave=False)]
     scored_frames, scored_series = [], []
-    for p in progress(scored, desc="detect (scored clips)", unit="clip", leave=False):
-        frames = read_frames(p, shape)
+    for _, frames in progress(read_videos(scored, shape, skips), desc="detect (scored clips)", unit="clip",
+                              total=len(scored), leave=False):
         scored_frames.append(frames)
         scored_series.append(keypoint_series(fomm, frames))
     return fitting, scored_series, scored_frames
@@ -450,13 +452,19 @@ def plot(path: Path, points: list[dict]) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """The rate-distortion points of the sweep (rendered too with ``--fomm``); writes nothing."""
+def run(args: argparse.Namespace, skips=None) -> list[dict]:
+    """The rate-distortion points of the sweep (rendered too with ``--fomm``); writes nothing.
+    Videos that cannot be read are recorded in ``skips`` (a ``kpflow.data.videos.VideoSkips``)."""
+    from kpflow.data.videos import VideoSkips
+
     check_sources(args)
     check_output_path(args.out, "--out")
+    skips = VideoSkips() if skips is None else skips
     if args.videos:
         fomm = load_fomm(args.fomm)
-        fit, scored, frames = video_clips(args, fomm)
+        fit, scored, frames = video_clips(args, fomm, skips)
+        if not fit or not scored:
+            raise UsageError(f"no readable {'fitting' if not fit else 'scored'} video in {args.fit_dir or args.videos}")
     else:
         fit, scored = keypoint_clips(args)
     from kpflow.codec import finest_step
@@ -483,8 +491,16 @@ def best_at(points: list[dict], policy: str, mae: float) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kpflow.data.videos import VideoSkips
+
     args = parse_args(argv)
-    return run_cli(lambda: write_and_report(args, run(args)))
+    skips = VideoSkips()
+
+    def work() -> int:
+        write_and_report(args, run(args, skips))
+        return video_run_status(skips, "python -m eval.codec")
+
+    return run_cli(work)
 
 
 def write_and_report(args: argparse.Namespace, points: list[dict]) -> None:

@@ -15,12 +15,11 @@ the project's acceptance ratios, each against the baselines of the row's own fil
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 
-from kpflow.cli import UsageError, fail
+from kpflow.cli import OneLineArgumentParser, UsageError, fail
 from kpflow.data.windows import parse_horizon
 from kpflow.io import check_output_path
 
@@ -139,7 +138,7 @@ def markdown(runs: list[tuple[str, dict]], units: str) -> str:
 
 def main(argv=None) -> None:
     """The command line: a bad argument or input exits with ``error: <one line>`` (status 1)."""
-    p = argparse.ArgumentParser(prog="python -m eval.compare",
+    p = OneLineArgumentParser(prog="python -m eval.compare",
                                 description="Compare forecast evaluation JSONs in one markdown table.")
     p.add_argument("runs", nargs="+", help="evaluation JSONs from python -m eval.forecast, or folders holding them")
     p.add_argument("--units", choices=("minmax", "raw"), default="minmax")

@@ -13,7 +13,9 @@
   ``value [T, K, 2]`` and ``jacobian [T, K, 2, 2]``, the format of ``shared/data/vox_keypoints``.
 - Clips whose ``.npz`` exists are skipped unless ``--overwrite``.
 - An unreadable video is reported on stderr (file and reason), skipped, and the run goes on; the
-  exit status is then 1, so a pipeline notices. Bad arguments exit with status 2.
+  run then ends with one ``error:`` line counting them and exit status 1, so a pipeline notices
+  (``kpflow.io.read_videos``, the policy of every command that reads videos). When no video can be
+  read, that is one error line at once, before the FOMM is loaded. Bad arguments exit with status 2.
 
 Library use: ``kpflow.io.extract_keypoints`` (``frames [T, H, W, 3]`` -> ``value [T, K, 2]``,
 ``jacobian [T, K, 2, 2]``) and :func:`main` (``argv`` -> exit status).
@@ -22,17 +24,17 @@ Library use: ``kpflow.io.extract_keypoints`` (``frames [T, H, W, 3]`` -> ``value
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import itertools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from kpflow.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, run_cli
-from kpflow.io import check_output_path, extract_keypoints
+from kpflow.cli import EXIT_FAILED, EXIT_USAGE, OneLineArgumentParser, UsageError, run_cli
+from kpflow.io import check_output_path, extract_keypoints, read_videos, video_run_status
 from kpflow.progress import progress
 from kpflow.runs import load_fomm, load_fomm_config
 
@@ -47,7 +49,7 @@ MAX_LISTED_FAILURES = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--fomm", required=True, help="FOMM directory (kpflow.fomm.load)")
@@ -127,6 +129,7 @@ def _write_clip(path: Path, value: np.ndarray, jacobian: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Extract keypoints as ``args`` says; returns the exit status."""
+    from kpflow.data.videos import VideoSkips
     from kpflow.fomm.model import frame_shape_of
 
     if args.batch_size < 1:
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_size is not None and args.frame_size < 1:
         raise UsageError(f"--frame_size must be >= 1, got {args.frame_size}")
     check_output_path(args.out, "--out", folder=True)
-    load_fomm_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
+    config = load_fomm_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
     jobs = find_jobs(args.videos, args.out)
     todo = [(v, o) for v, o in jobs if args.overwrite or not o.exists()]
     existing = len(jobs) - len(todo)
@@ -144,63 +147,44 @@ def run(args: argparse.Namespace) -> int:
             f"{args.out} (pass --overwrite to redo them)",
             file=sys.stderr,
         )
-    written, failed = 0, []
+    skips = VideoSkips()
+    written = 0
     if todo:
+        frame_shape = (args.frame_size, args.frame_size) if args.frame_size else frame_shape_of(config)
+        videos = read_videos([v for v, _ in todo], frame_shape, skips, prefetch=True)
+        first = next(videos)  # none readable: one line now, before the weights are loaded
         fomm = load_fomm(args.fomm)
-        frame_shape = (
-            (args.frame_size, args.frame_size) if args.frame_size else frame_shape_of(fomm.config)
-        )
-        written, failed = extract_all(fomm, todo, frame_shape, args.batch_size)
+        written = extract_all(fomm, itertools.chain([first], videos), dict(todo), args.batch_size, skips)
     summary = f"{written} clips written to {args.out}"
     if existing:
         summary += f", {existing} already there (kept)"
-    summary += f", {len(failed)} skipped (unreadable)"
-    if failed:
-        names = [str(p) for p in failed]
+    summary += f", {len(skips)} skipped (unreadable)"
+    if len(skips):
+        names = [str(p) for p, _ in skips.skipped]
         more = len(names) - MAX_LISTED_FAILURES
         summary += ": " + ", ".join(names[:MAX_LISTED_FAILURES]) + (f" ... ({more} more)" if more > 0 else "")
     print(summary)
-    return EXIT_FAILED_VIDEOS if failed else EXIT_OK
+    return video_run_status(skips, PROG)
 
 
-def extract_all(
-    fomm, todo: list[tuple[Path, Path]], frame_shape: tuple[int, int], batch_size: int
-) -> tuple[int, list[Path]]:
-    """Detect and write the keypoints of every ``(video, .npz)`` of ``todo`` -> ``(clips written,
-    unreadable videos)``; an unreadable video is reported on stderr and skipped."""
-    from kpflow.data.videos import VideoReadError, read_video
-
-    def read(path: Path):
-        try:
-            return read_video(path, frame_shape)
-        except VideoReadError as e:
-            return e
-
-    written, failed, num_frames, busy = 0, [], 0, 0.0
-    # Decode the next video (ffmpeg, PIL: mostly outside the GIL) while this one is detected.
-    with (
-        concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
-        progress(total=len(todo), desc="extracting", unit="video") as bar,
-    ):
-        pending = pool.submit(read, todo[0][0])
-        for i, (video, out_path) in enumerate(todo):
-            frames = pending.result()
-            if i + 1 < len(todo):
-                pending = pool.submit(read, todo[i + 1][0])
-            if isinstance(frames, VideoReadError):
-                failed.append(video)
-                bar.write(f"skipping unreadable video {frames}", file=sys.stderr)
-                bar.update(1)
-                continue
+def extract_all(fomm, videos: Iterator[tuple[Path, np.ndarray]], out_of: dict[Path, Path], batch_size: int,
+                skips) -> int:
+    """Detect and write the keypoints of every ``(video, frames)`` of ``videos`` (from
+    :func:`kpflow.io.read_videos`, which reports and skips unreadable ones into ``skips``) to
+    ``out_of[video]``; returns the number of clips written."""
+    written, num_frames, busy = 0, 0, 0.0
+    with progress(total=len(out_of), desc="extracting", unit="video") as bar:
+        for video, frames in videos:
             start = time.perf_counter()
             value, jacobian = extract_keypoints(fomm, frames, batch_size)
             busy += time.perf_counter() - start
-            _write_clip(out_path, value, jacobian)
+            _write_clip(out_of[video], value, jacobian)
             written += 1
             num_frames += len(frames)
             bar.set_postfix(frames_per_s=f"{num_frames / max(busy, 1e-9):.1f}", refresh=False)
-            bar.update(1)
-    return written, failed
+            bar.update(skips.num_tried - bar.n)
+        bar.update(skips.num_tried - bar.n)
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 
 from kpflow import data as kpdata
 from kpflow import forecast, metrics
-from kpflow.cli import UsageError, fail, one_line
+from kpflow.cli import OneLineArgumentParser, UsageError, fail, one_line
 from kpflow.io import check_output_path, pad_rows
 from kpflow.keypoints import FEATURES_PER_KEYPOINT, CausalScaler, MinMaxScaler
 from kpflow.progress import progress
@@ -64,7 +64,7 @@ BASELINE_SEED_OFFSET = 100
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m eval.forecast",
         description="Evaluate a trained keypoint forecaster against hold-last, linear and random-walk baselines.",
     )

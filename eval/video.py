@@ -28,6 +28,11 @@ Outputs in ``--out``:
   per-video ratios), and ``samples_<model>.gif``/``.mp4`` (reference, FOMM and several samples side
   by side).
 
+An unreadable video is reported on stderr (one line: the file and the reason) and skipped; the
+others are evaluated, ``results.json`` lists the skipped ones under ``skipped_videos``, and the run
+ends with one ``error:`` line counting them and exit status 1 (when none can be read: one error
+line at once). This is :func:`kpflow.io.read_videos`, the policy of every command that reads videos.
+
 JEDi segments are the last transmitted frame plus the M forecast frames of every full block, so
 that features see the forecast's motion from where it started. Features come from
 ``kpflow.features`` (``--features keypoints``: trajectories of the keypoints FOMM's detector finds
@@ -40,18 +45,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from kpflow.cli import UsageError, one_line, run_cli
-from kpflow.io import check_output_path, keypoint_series, read_frames, video_paths
+from kpflow.cli import OneLineArgumentParser, UsageError, one_line, run_cli
+from kpflow.io import check_output_path, keypoint_series, read_videos, video_paths, video_run_status
 from kpflow.progress import progress
-from kpflow.runs import check_forecaster_fits, load_fomm, load_forecaster
+from kpflow.runs import check_forecaster_fits, load_fomm, load_fomm_config, load_forecaster
 
 HOLD_LAST = "hold-last"
 NO_FORECAST = "FOMM (no forecast)"
@@ -75,7 +81,7 @@ FEATURE_STD_FLOOR = 1e-8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m eval.video",
         description="Render clips through FOMM + forecasters in the streaming schedule and score the videos.",
     )
@@ -160,14 +166,14 @@ def load_models(workdirs: Sequence[str], which: str, num_observed: int, horizon:
     return models
 
 
-def load_clips(paths: Sequence[Path], fomm, period: int, skip_short: bool, max_clips: int) -> list[Clip]:
+def load_clips(videos: Iterable[tuple[Path, np.ndarray]], fomm, period: int, skip_short: bool, max_clips: int,
+               total: int | None = None) -> list[Clip]:
+    """The clips of ``videos`` (``(path, frames)`` pairs, e.g. from :func:`kpflow.io.read_videos`)
+    with the FOMM's keypoints; ``total`` videos for the progress bar."""
     from kpflow.data.videos import video_name
-    from kpflow.fomm.model import frame_shape_of
 
-    shape = frame_shape_of(fomm.config)
     clips, short = [], []
-    for path in progress(paths, desc="read + detect", unit="clip", leave=False):
-        frames = read_frames(path, shape)
+    for path, frames in progress(videos, total=total, desc="read + detect", unit="clip", leave=False):
         name = video_name(path)
         if len(frames) < period:
             short.append(f"{name} ({len(frames)} frames)")
@@ -597,13 +603,18 @@ def write_sample_videos(out: Path, media: dict, fps: int = GIF_FPS) -> list[Path
 # -- main ----------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, skips=None) -> dict:
+    """Evaluate as ``args`` says and write the outputs; returns ``results.json``'s dict. Unreadable
+    videos are skipped into ``skips`` (a :class:`kpflow.data.videos.VideoSkips`) and listed under
+    ``skipped_videos``."""
     import jax
 
     from kpflow import pipeline as pl
+    from kpflow.data.videos import VideoSkips
     from kpflow.fomm.model import frame_shape_of
     from kpflow.keypoints import FEATURES_PER_KEYPOINT
 
+    skips = VideoSkips() if skips is None else skips
     try:
         schedule = pl.Schedule.parse(args.horizon)
     except ValueError as e:
@@ -612,10 +623,13 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--horizon {args.horizon}: M must be at least 1 (nothing is forecast otherwise)")
     check_output_path(args.out, "--out", folder=True)
     paths = video_paths(args.videos, "test", "--videos")
+    videos = read_videos(paths, frame_shape_of(load_fomm_config(args.fomm)), skips)
+    first = next(videos)  # none readable: one line now, before any model is loaded
     fomm = load_fomm(args.fomm)
     models = load_models(args.forecaster, args.which, schedule.num_observed, schedule.horizon,
                          FEATURES_PER_KEYPOINT * fomm.num_kp)
-    clips = load_clips(paths, fomm, schedule.period, args.skip_short, args.max_clips)
+    clips = load_clips(itertools.chain([first], videos), fomm, schedule.period, args.skip_short, args.max_clips,
+                       total=len(paths))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -642,6 +656,7 @@ def run(args: argparse.Namespace) -> dict:
         "diversity": diversity,
         "timings": timings,
         "forecasters": {m.label: m.workdir for m in models},
+        "skipped_videos": {str(p): reason for p, reason in skips.skipped},
     }
     figure_clip = clips[args.figure_clip % len(clips)].name
     plot_frame_grid(out / "frames.png", figure, ev.methods(), schedule, args.mode, figure_clip)
@@ -661,8 +676,18 @@ def report(args: argparse.Namespace, result: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status: 0, 1 when some videos could not be read (the
+    results cover the others), 2 for a bad argument or input (one line ``error: ...``)."""
+    from kpflow.data.videos import VideoSkips
+
     args = parse_args(argv)
-    return run_cli(lambda: report(args, run(args)))
+    skips = VideoSkips()
+
+    def evaluate() -> int:
+        report(args, run(args, skips))
+        return video_run_status(skips)
+
+    return run_cli(evaluate)
 
 
 if __name__ == "__main__":

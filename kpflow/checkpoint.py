@@ -8,6 +8,11 @@ Layout of a run directory ``DIR`` (written by ``python -m train.forecaster``)::
     DIR/best/           orbax CheckpointManager holding the single state with the best validation score
     DIR/metrics.jsonl   one JSON line per epoch (kpflow.training.runlog)
     DIR/loss.png        training loss and validation scores per epoch
+    DIR/.lock           while a run trains here: its pid, host and start (kpflow.workdir)
+
+Each step directory also holds ``kpflow_manifest.json``, the size and sha256 of its files, written
+once orbax committed the step and checked before every restore (:mod:`kpflow.run_store`): a
+damaged checkpoint is a one-line error naming the step directory, never weights loaded silently.
 
 Each checkpoint step holds three items: ``variables`` (all Flax collections: ``params``, the
 ``scaler`` collection with the causal input scaler, ``batch_stats`` if any), ``train``
@@ -65,8 +70,12 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """``DIR/config.json`` as a ConfigDict. FileNotFoundError (one line) if the run does not exist."""
-    return run_store.read_config(workdir, CONFIG_FILE, "training run", TRAIN_HINT)
+    """``DIR/config.json`` as a ConfigDict. FileNotFoundError (one line) if the run does not exist,
+    ValueError if ``DIR`` holds a FOMM model instead."""
+    config = run_store.read_config(workdir, CONFIG_FILE, "training run", TRAIN_HINT)
+    if "model" in config and "kp_detector" in config.model:
+        raise ValueError(f"{workdir!r} holds a FOMM model, not a forecaster run; {TRAIN_HINT}")
+    return config
 
 
 def save_split(workdir: str, train: ClipSet, val: ClipSet, data_config) -> None:

@@ -2,6 +2,8 @@
 
 Each loader turns every failure a user can fix (missing folder, incomplete run, moved data, a
 corrupt or foreign checkpoint) into one :class:`kpflow.cli.UsageError` line that names the flag.
+Checkpoints are checked against the digests the trainers recorded when saving them
+(:mod:`kpflow.run_store`), so a flipped byte is reported as damage, not loaded as weights.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ _STATUS_CODE = re.compile(r"[A-Z][A-Z_]+: ")
 
 def _usage_error(what: str, error: Exception) -> UsageError:
     """kpflow's own FileNotFoundError or ValueError as it is (one actionable line naming the folder);
-    anything else, such as a damaged checkpoint, as ``cannot load <what> (<type>: <start of message>)``."""
+    anything else, such as a damaged checkpoint, as ``cannot load <what> (<type>: <start of message>)``;
+    a checkpoint that fails its digest check as ``cannot load <what>: <which step, what to do>``."""
+    from kpflow.run_store import CorruptCheckpoint
+
+    if isinstance(error, CorruptCheckpoint):
+        return UsageError(f"cannot load {what}: {one_line(error)}")
     if isinstance(error, FileNotFoundError | ValueError) and not (
         isinstance(error, _UNDECODABLE) or _STATUS_CODE.match(str(error))
     ):

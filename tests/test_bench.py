@@ -193,13 +193,13 @@ def test_forecast_times_a_trained_workdir(tmp_path):
 def test_bad_arguments_exit_with_one_line(tmp_path, capsys):
     nope = str(tmp_path / "nope")
     assert one_line_exit(["forecast", "--forecaster", nope]).startswith(
-        f"eval.bench forecast: cannot load --forecaster {nope!r}")
+        f"python -m eval.bench forecast: error: cannot load --forecaster {nope!r}")
     assert one_line_exit(["realtime", "--forecaster", nope] + TINY_FOMM).startswith(
-        f"eval.bench realtime: cannot load --forecaster {nope!r}")
+        f"python -m eval.bench realtime: error: cannot load --forecaster {nope!r}")
     assert one_line_exit(["realtime", "--fomm", nope, "--tiny"]).startswith(
-        f"eval.bench realtime: cannot load --fomm {nope!r}")
+        f"python -m eval.bench realtime: error: cannot load --fomm {nope!r}")
     assert "--set expects KEY=VALUE, got 'hidden'" in one_line_exit(["forecast", "--set", "hidden"], capsys)
-    assert one_line_exit(["nosuch"]) == "eval.bench: unknown benchmark 'nosuch'; expected one of " + ", ".join(
+    assert one_line_exit(["nosuch"]) == "python -m eval.bench: error: unknown benchmark 'nosuch'; expected one of " + ", ".join(
         bench.BENCHMARKS)
     assert "BENCHMARK" in one_line_exit([], capsys)  # a benchmark name is required
     assert "--dtypes must start with float32" in one_line_exit(["forecast", "--tiny", "--dtypes", "bfloat16"])
@@ -208,7 +208,7 @@ def test_bad_arguments_exit_with_one_line(tmp_path, capsys):
     assert "'nosuch'" in one_line_exit(["forecast", "--model", "nosuch"])
     assert "nosuch" in one_line_exit(["forecast", "--tiny", "--set", "nosuch=1"])
     assert "--batch" in one_line_exit(["fomm", "--batch", "0"])
-    assert one_line_exit(["pipeline", "--dataset", "nosuch"]).startswith("eval.bench pipeline:")
+    assert one_line_exit(["pipeline", "--dataset", "nosuch"]).startswith("python -m eval.bench pipeline: error:")
     assert "float32" in one_line_exit(["realtime", "--dtypes", "bfloat16"] + TINY_FOMM)
     assert "--frames" in one_line_exit(["realtime", "--frames", "5"] + TINY_FOMM)
     assert "is a folder" in one_line_exit(["fomm", "--out", str(tmp_path)])

@@ -66,7 +66,7 @@ def test_load_folder_corrupt_file_names_it(tmp_path):
     value, jacobian = _clip(np.random.default_rng(1), 5)
     kd.save_clip(str(tmp_path / "good.npz"), value, jacobian)
     (tmp_path / "x.npz").write_bytes(np.random.default_rng(2).bytes(256))
-    with pytest.raises(ValueError, match=r"x\.npz: not a readable \.npz keypoint file"):
+    with pytest.raises(ValueError, match=r"x\.npz: a file with no zip header, not an \.npz archive; expected a keypoint clip"):
         kd.load_folder(str(tmp_path))
 
 
@@ -75,7 +75,7 @@ def test_load_folder_truncated_file_names_it(tmp_path):
     kd.save_clip(str(tmp_path / "cut.npz"), value, jacobian)
     data = (tmp_path / "cut.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"cut\.npz: not a readable \.npz keypoint file"):
+    with pytest.raises(ValueError, match=r"cut\.npz: truncated or damaged \.npz"):
         kd.load_folder(str(tmp_path))
 
 

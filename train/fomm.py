@@ -5,8 +5,12 @@
     python -m train.fomm --config configs/fomm_vox.py:tiny --workdir runs/fomm_tiny \
         --config.data.dir=../shared/data/vox_videos
 
-Running the same command again resumes. The training itself (losses, schedule, outputs) is
-:func:`kpflow.training.fomm.train_and_evaluate`; this file only parses flags.
+Running the same command again resumes. A video of ``config.data.dir`` that cannot be read is
+skipped and reported (one line each, and a count before training starts); the run trains on the
+others and ends with one ``error:`` line and exit status 1, so a pipeline notices.
+
+The training itself (losses, schedule, outputs) is :func:`kpflow.training.fomm.train_and_evaluate`;
+this file only parses flags.
 """
 
 from absl import app
@@ -25,13 +29,17 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    config, workdir = run_flags(argv, "configs/fomm_vox.py:tiny")
+    config, workdir = run_flags(argv, "configs/fomm_vox.py:tiny", kind="fomm")
     parallel.initialize_distributed()
     try:
-        fomm.train_and_evaluate(config, workdir)
+        result = fomm.train_and_evaluate(config, workdir)
     except (ValueError, OSError, FloatingPointError, ImportError) as e:  # TrainingDiverged is a FloatingPointError
         raise fail(e) from None
     parallel.finish_distributed()
+    skipped = result.get("skipped_videos")
+    if skipped:  # reported one by one at the start; the status tells a pipeline
+        raise fail(f"{len(skipped)} videos of {config.data.dir} could not be read and were skipped "
+                   f"(e.g. {skipped[0]}); the run trained without them")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    config, workdir = run_flags(argv, "configs/vrnn_vox.py:cpu")
+    config, workdir = run_flags(argv, "configs/vrnn_vox.py:cpu", kind="forecaster")
     parallel.initialize_distributed()
     try:
         best = forecaster.train_and_evaluate(config, workdir)

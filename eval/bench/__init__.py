@@ -23,11 +23,12 @@ from types import ModuleType
 from typing import Any
 
 from eval.bench import timing
-from kpflow.cli import UsageError, one_line
+from kpflow.cli import OneLineArgumentParser, UsageError, one_line
 from kpflow.io import check_output_path
 
 # Each name is a module of this package (eval.bench.<name>), imported when a parser or a run needs it.
 BENCHMARKS = ("forecast", "fomm", "pipeline", "realtime")
+PROG = "python -m eval.bench"
 
 
 def load(name: str) -> ModuleType:
@@ -37,16 +38,9 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (``prog: error: message``) with argparse's exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``python -m eval.bench``'s parser: one subcommand per benchmark, each with ``--out``."""
-    parser = _OneLineParser(prog="python -m eval.bench", description=__doc__,
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name in BENCHMARKS:
@@ -61,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, run the benchmark, print its table, write ``--out``; returns the result.
 
-    A bad argument exits with one line: ``eval.bench <benchmark>: <what to fix>``."""
+    A bad argument exits with one line: ``python -m eval.bench <benchmark>: error: <what to fix>``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
         try:
             load(argv[0])
         except UsageError as e:
-            raise SystemExit(f"eval.bench: {e}") from None
+            raise SystemExit(f"{PROG}: error: {one_line(e)}") from None
     args = build_parser().parse_args(argv)
     module = load(args.benchmark)
     try:
@@ -75,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_output_path(args.out)
         result = module.run(args)
     except UsageError as e:
-        raise SystemExit(f"eval.bench {args.benchmark}: {one_line(e)}") from None
+        raise SystemExit(f"{PROG} {args.benchmark}: error: {one_line(e)}") from None
     print(module.format(result))
     if args.out:
         timing.write_json(result, args.out)

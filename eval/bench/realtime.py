@@ -34,7 +34,7 @@ from kpflow.data.synthetic_video import identity_style, render_clip
 from kpflow.data.videos import VideoReadError, read_video
 from kpflow.fomm.model import FOMM, frame_shape_of
 from kpflow.keypoints import FEATURES_PER_KEYPOINT, Keypoints
-from kpflow.runs import check_forecaster_fits, load_fomm
+from kpflow.runs import check_forecaster_fits, load_fomm, load_fomm_config
 
 HELP = "the paper's streaming protocol: per-stage wall clock, fps, FLOPs, TOPS, bitrate; fp32 vs bf16"
 
@@ -190,15 +190,21 @@ def resolve(args: argparse.Namespace) -> Stream:
         raise UsageError(f"--repeats >= 1, --frame_size >= 8 and --frames >= N + M = {schedule.period}")
     dtypes = stream_dtypes(args.dtypes)
     trained = load_trained(args.forecaster) if args.forecaster else None  # before any compilation
+    def cannot_load_fomm(e: UsageError) -> UsageError:
+        detail = str(e).removeprefix(f"--fomm {args.fomm!r} ")
+        return UsageError(f"cannot load --fomm {args.fomm!r}: {detail}")
+
+    try:
+        frame_size = frame_shape_of(load_fomm_config(args.fomm, flag="--fomm"))[0] if args.fomm else args.frame_size
+    except UsageError as e:
+        raise cannot_load_fomm(e) from None
+    video = stream_video(args, frame_size)  # a bad --video fails before any network is built
     if args.fomm:
         try:
             fomm = load_fomm(args.fomm, flag="--fomm")
         except UsageError as e:
-            detail = str(e).removeprefix(f"--fomm {args.fomm!r} ")
-            raise UsageError(f"cannot load --fomm {args.fomm!r}: {detail}") from None
-        frame_size = frame_shape_of(fomm.config)[0]
+            raise cannot_load_fomm(e) from None
     else:
-        frame_size = args.frame_size
         fomm = random_system_fomm(args, frame_size)
     dim = FEATURES_PER_KEYPOINT * fomm.num_kp
     if trained is not None:
@@ -207,8 +213,8 @@ def resolve(args: argparse.Namespace) -> Stream:
     else:
         model, f = args.model, random_forecaster(args, dim, schedule)
         variables = jax.jit(f.init)(jax.random.key(args.seed), jnp.zeros((1, schedule.period, dim)))
-    return Stream(schedule, dtypes, fomm, frame_size, model, f, variables, stream_video(args, frame_size),
-                  args.render, args.source_cache, args.seed)
+    return Stream(schedule, dtypes, fomm, frame_size, model, f, variables, video, args.render, args.source_cache,
+                  args.seed)
 
 
 # -- streaming ---------------------------------------------------------------------------------------

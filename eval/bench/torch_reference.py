@@ -31,7 +31,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise SystemExit("eval.bench forecast --torch_reference needs PyTorch: `make torch` or "
+        raise SystemExit("error: eval.bench forecast --torch_reference needs PyTorch: `make torch` or "
                          "pip install 'torch==2.13.0' (the CPU wheel), then pip install -e '.[torch]'") from None
     return torch
 

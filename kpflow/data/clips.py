@@ -3,6 +3,9 @@
 On-disk format (also what kpflow's keypoint extraction writes), one file per clip named after it,
 float32 arrays ``value [T, K, 2]`` and ``jacobian [T, K, 2, 2]``. VoxCeleb clip names look like
 ``<speaker>#<youtube id>#<start>#<end>``; the speaker is the prefix before the first ``#``.
+
+Every clip read is checked (:func:`check_keypoints`): at least one frame and one keypoint, finite,
+positions within +-:data:`MAX_ABS_VALUE` and Jacobian entries within +-:data:`MAX_ABS_JACOBIAN`.
 """
 
 from __future__ import annotations
@@ -22,19 +25,55 @@ MISSING_DATA_HINT = (
 )
 
 
+# Plausible keypoints: FOMM's positions are in [-1, 1] (the image's normalised coordinates) and its
+# Jacobians are local affine maps near the identity. The bounds leave ample room (keypoints may sit
+# outside the frame, warps may be strong) while refusing data in another unit (pixels) or corrupt
+# numbers (3e38), which would otherwise train to NaN scores without a word.
+MAX_ABS_VALUE = 10.0
+MAX_ABS_JACOBIAN = 100.0
+_ENTRY_NAMES = ("x", "y", "jacobian[0,0]", "jacobian[0,1]", "jacobian[1,0]", "jacobian[1,1]")
+
+
+def check_keypoints(value: np.ndarray, jacobian: np.ndarray, name: str) -> None:
+    """Raise a one-line ValueError naming ``name`` (a file) unless ``value [T, K, 2]`` and
+    ``jacobian [T, K, 2, 2]`` hold at least one frame and one keypoint, all finite, positions within
+    +-MAX_ABS_VALUE and Jacobian entries within +-MAX_ABS_JACOBIAN. The message gives the first
+    offending frame, keypoint, entry and value."""
+    if value.dtype.kind not in "fiu" or jacobian.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: 'value' and 'jacobian' must hold real numbers, got {value.dtype} and {jacobian.dtype}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name}: has no frames (value {value.shape}); drop the file or extract its keypoints again")
+    if value.shape[1] == 0:
+        raise ValueError(f"{name}: has no keypoints (value {value.shape}); drop the file or extract its keypoints again")
+    per_keypoint = np.concatenate([value, jacobian.reshape(jacobian.shape[:2] + (4,))], axis=-1)  # [T, K, 6]
+    limits = np.array([MAX_ABS_VALUE] * 2 + [MAX_ABS_JACOBIAN] * 4)
+    # ~(|x| <= limit) is true for NaN and inf as well as for values out of range.
+    bad = ~(np.abs(per_keypoint) <= limits)
+    if not bad.any():
+        return
+    t, k, e = (int(i) for i in np.argwhere(bad)[0])
+    v = per_keypoint[t, k, e]
+    where = f"frame {t} keypoint {k} {_ENTRY_NAMES[e]} = {v:g}"
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: contains NaN or inf (first at {where}); clean or drop the clip")
+    what = "keypoint positions (FOMM's coordinates are in [-1, 1])" if e < 2 else "Jacobian entries"
+    raise ValueError(f"{name}: {where} is outside +-{limits[e]:g}, the plausible range of {what}; "
+                     "is the file in another unit, or corrupt?")
+
+
 def speaker_of(clip_name: str) -> str:
     """``id10283#x6M3KQ8-gM4#005643#006041`` -> ``id10283`` (the whole name if it has no ``#``)."""
     return clip_name.split("#", 1)[0]
 
 
 def load_clip(path: str) -> np.ndarray:
-    """Read one clip file -> ``[T, 6K]`` float32. Raises ValueError naming the file if malformed."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            names = sorted(f.files)
-            arrays = {k: f[k] for k in ("value", "jacobian") if k in f.files}
-    except Exception as e:  # noqa: BLE001 -- not a zip, truncated, a pickle: all unreadable as keypoints
-        raise ValueError(f"{path}: not a readable .npz keypoint file ({type(e).__name__}: {e})") from None
+    """Read one clip file -> ``[T, 6K]`` float32. Raises ValueError naming the file if malformed,
+    empty or implausible (:func:`check_keypoints`)."""
+    from kpflow.io import load_npz
+
+    everything = load_npz(path, "a keypoint clip (arrays value and jacobian)")
+    names = sorted(everything)
+    arrays = {k: everything[k] for k in ("value", "jacobian") if k in everything}
     if len(arrays) < 2:
         raise ValueError(f"{path}: needs arrays 'value' [T,K,2] and 'jacobian' [T,K,2,2], has {names}")
     value, jacobian = arrays["value"], arrays["jacobian"]
@@ -42,6 +81,7 @@ def load_clip(path: str) -> np.ndarray:
         raise ValueError(f"{path}: 'value' must be [T, K, 2], got {value.shape}")
     if jacobian.shape != value.shape + (2,):
         raise ValueError(f"{path}: 'jacobian' must be [T, K, 2, 2] matching value {value.shape}, got {jacobian.shape}")
+    check_keypoints(value, jacobian, path)
     return check_series(keypoints_to_vector(value, jacobian), name=os.path.basename(path))
 
 

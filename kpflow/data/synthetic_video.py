@@ -154,10 +154,11 @@ def make_synthetic_videos(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m kpflow.data.synthetic_video --out DIR``: write a synthetic video dataset in
-    FOMM's layout (DIR/train, DIR/test)."""
-    import argparse
+    FOMM's layout (DIR/train, DIR/test). A bad argument is one line on stderr and status 2."""
+    from kpflow.cli import OneLineArgumentParser, UsageError, one_line
+    from kpflow.io import check_output_path
 
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = OneLineArgumentParser(prog="python -m kpflow.data.synthetic_video", description=main.__doc__)
     p.add_argument("--out", required=True, help="dataset folder; train/ and test/ go in it")
     p.add_argument("--num_train", type=int, default=6)
     p.add_argument("--num_test", type=int, default=2)
@@ -167,12 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fmt", choices=FORMATS, default="mp4")
     a = p.parse_args(argv)
     try:
+        check_output_path(a.out, "--out", folder=True)
         written = make_synthetic_videos(
             a.out, num_train=a.num_train, num_test=a.num_test, num_frames=a.num_frames,
             size=a.size, seed=a.seed, fmt=a.fmt,
         )
-    except ValueError as e:
-        p.error(str(e))
+    except (UsageError, ValueError, OSError) as e:
+        p.error(one_line(e))
     for split, paths in written.items():
         if paths:
             print(f"wrote {len(paths)} {split} clips ({a.num_frames} frames, {a.size}x{a.size}, "

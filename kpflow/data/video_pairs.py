@@ -10,7 +10,7 @@ No jax, no torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,14 @@ import numpy as np
 from kpflow.data.video_augment import Augmentation
 from kpflow.data.videos import (
     NO_VIDEOS_HINT,
+    NoReadableVideosError,
     NoVideosError,
+    VideoSkips,
     decode_video,
     frame_size,
     frames_to_float,
     identity_of,
+    iter_readable,
     list_videos,
     video_name,
 )
@@ -74,14 +77,53 @@ class VideoFolder:
         self.frame_shape = frame_size(frame_shape)
         self.id_sampling = bool(id_sampling)
         self.cache = bool(cache)
-        self.paths: list[Path] = list_videos(folder)
+        self.skipped: list[tuple[Path, str]] = []  # (video, reason): dropped by drop_unreadable
+        self._cache: dict[int, np.ndarray] = {}
+        self._index(list_videos(folder))
+
+    def _index(self, paths: list[Path]) -> None:
+        """Names, identities and their videos for ``paths``."""
+        self.paths: list[Path] = paths
         self.names: list[str] = [video_name(p) for p in self.paths]
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(self.names):
             groups.setdefault(identity_of(name), []).append(i)
         self.ids: list[str] = sorted(groups)
         self._videos_of_id: dict[str, list[int]] = groups
-        self._cache: dict[int, np.ndarray] = {}
+
+    def drop_unreadable(
+        self,
+        report: Callable[[str], None] | None = None,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> list[tuple[Path, str]]:
+        """Decode every video once and drop those that cannot be read, so that training never meets
+        one (the :class:`kpflow.data.videos.VideoSkips` policy: each is reported as one line
+        through ``report``, default stderr). With ``cache`` the decoded videos are kept.
+
+        Args:
+          report: where each skip's line goes.
+          progress: wraps the iteration over the videos, e.g. ``kpflow.progress.progress``.
+
+        Returns:
+          ``self.skipped``: ``(video, reason)`` of every video dropped.
+
+        Raises:
+          NoReadableVideosError: one line, when no video of the folder can be read.
+        """
+        skips = VideoSkips(report)
+        kept, cache = [], {}
+        paths = self.paths if progress is None else progress(self.paths)
+        try:
+            for path, frames in iter_readable(paths, lambda p: decode_video(p, self.frame_shape), skips):
+                if self.cache:
+                    cache[len(kept)] = frames
+                kept.append(path)
+        except NoReadableVideosError as e:
+            raise NoReadableVideosError(f"no video in {self.folder} can be read: {e}") from None
+        self.skipped += skips.skipped
+        self._cache = cache
+        self._index(kept)
+        return self.skipped
 
     def __len__(self) -> int:
         return len(self.ids) if self.id_sampling else len(self.paths)

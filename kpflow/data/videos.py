@@ -17,9 +17,11 @@ No jax, no torch.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,10 @@ class VideoReadError(ValueError):
 
 class NoVideosError(VideoReadError, FileNotFoundError):
     """A video folder that does not exist or holds no videos (also a ``FileNotFoundError``)."""
+
+
+class NoReadableVideosError(VideoReadError):
+    """None of the videos a run was given could be read (one line: how many, the first reason)."""
 
 
 def _one_line(exc: BaseException, limit: int = ERROR_REASON_CHARS) -> str:
@@ -272,3 +278,122 @@ def video_name(path: str | os.PathLike) -> str:
 def identity_of(name: str) -> str:
     """``id10283#N69Hp2DGMLk#000519#000619`` -> ``id10283`` (the whole name if it has no ``#``)."""
     return name.split("#", 1)[0]
+
+
+# -- the one policy for unreadable videos -----------------------------------------------------------
+
+# Skipped videos named in a summary line; the rest are counted.
+MAX_NAMED_SKIPS = 10
+
+
+def _report_to_stderr(line: str) -> None:
+    """One line on stderr, written through tqdm so that a progress bar on a terminal stays whole."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+class VideoSkips:
+    """The videos a run passed over because they could not be read.
+
+    The policy of every kpflow reader of several videos (the evaluation commands, FOMM training):
+    skip an unreadable video and report it, carry on with the others, and exit non-zero at the end
+    naming how many were skipped; when none can be read, fail at once with one line.
+
+    Each skip is reported as one line, ``skipping <file>: cannot read video (<reason>)``, through
+    ``report`` (default: stderr). The lines are held back until a first video has been read, so a
+    run in which none can be read ends with the single line of :meth:`check_some_read` instead.
+    :func:`iter_readable` does the bookkeeping; :meth:`summary` is the end-of-run line.
+    """
+
+    def __init__(self, report: Callable[[str], None] | None = None):
+        self.skipped: list[tuple[Path, str]] = []  # (file, one-line reason), in the order met
+        self.num_read = 0
+        self._report = report or _report_to_stderr
+        self._held: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def num_tried(self) -> int:
+        return self.num_read + len(self.skipped)
+
+    def skip(self, path: str | os.PathLike, error: BaseException) -> None:
+        """Record ``path`` as unreadable (``error`` says why) and report it."""
+        self.skipped.append((Path(path), str(error)))
+        line = f"skipping {error}"
+        if self.num_read:
+            self._report(line)
+        else:
+            self._held.append(line)
+
+    def read(self) -> None:
+        """Count one video read (and report the skips held back until now)."""
+        self.num_read += 1
+        for line in self._held:
+            self._report(line)
+        self._held.clear()
+
+    def check_some_read(self) -> None:
+        """NoReadableVideosError (one line) when videos were tried and none could be read."""
+        if self.skipped and not self.num_read:
+            first = self.skipped[0][1]
+            if len(self.skipped) == 1:
+                raise NoReadableVideosError(first)
+            raise NoReadableVideosError(f"none of the {len(self.skipped)} videos could be read; the first: {first}")
+
+    def summary(self) -> str:
+        """``"2 of 9 videos could not be read and were skipped: a.mp4, b.gif"``, or ``""`` when none were."""
+        if not self.skipped:
+            return ""
+        names = [p.name for p, _ in self.skipped[:MAX_NAMED_SKIPS]]
+        more = len(self.skipped) - len(names)
+        return (f"{len(self.skipped)} of {self.num_tried} videos could not be read and were skipped: "
+                + ", ".join(names) + (f" and {more} more" if more > 0 else ""))
+
+
+def iter_readable(
+    paths: Iterable[str | os.PathLike],
+    read: Callable[[Path], Any],
+    skips: VideoSkips,
+    prefetch: bool = False,
+) -> Iterator[tuple[Path, Any]]:
+    """``(path, read(path))`` for every video of ``paths`` that can be read, in order; one that
+    raises :class:`VideoReadError` is recorded in ``skips`` (and reported) and passed over.
+
+    Args:
+      paths: the videos.
+      read: e.g. ``lambda p: read_video(p, frame_shape)``.
+      skips: collects the unreadable videos (see :class:`VideoSkips`).
+      prefetch: read the next video in a background thread while the caller works on this one
+        (decoders mostly release the GIL).
+
+    Raises:
+      NoReadableVideosError: after the last video, when none could be read (so the first item
+        either exists or this is raised: pull it before any long set-up).
+    """
+    def attempt(path: Path):
+        try:
+            return read(path), None
+        except VideoReadError as e:
+            return None, e
+
+    paths = iter(paths)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        path = next(paths, None)
+        pending = pool.submit(attempt, path) if prefetch and path is not None else None
+        while path is not None:
+            following = next(paths, None)
+            if pending is not None:
+                result, error = pending.result()
+                pending = pool.submit(attempt, following) if following is not None else None
+            else:
+                result, error = attempt(path)
+            if error is not None:
+                skips.skip(path, error)
+            else:
+                skips.read()
+                yield Path(path), result
+            path = following
+    skips.check_some_read()

@@ -198,15 +198,20 @@ def convert_checkpoint(checkpoint: Mapping[str, Mapping[str, np.ndarray]], confi
 
 def read_checkpoint(path: str, trust: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """Read the state dicts of ``path`` (``.pth``/``.pth.tar`` via torch, or ``.npz``) as NumPy."""
+    from kpflow.io import load_npz
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            out: dict[str, dict[str, np.ndarray]] = {}
-            for key in data.files:
-                network, _, name = key.partition("/")
-                if network in NETWORKS and name:
-                    out.setdefault(network, {})[name] = data[key]
+        try:
+            arrays = load_npz(path, "a FOMM state (.npz with keys <network>/<name>)")
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            network, _, name = key.partition("/")
+            if network in NETWORKS and name:
+                out.setdefault(network, {})[name] = value
         if not out:
             raise ConversionError(f"{path}: no '<network>/<name>' keys for {NETWORKS}")
         return out
@@ -232,52 +237,73 @@ def read_checkpoint(path: str, trust: bool = False) -> dict[str, dict[str, np.nd
 
 # -- CLI -------------------------------------------------------------------------------------------
 
+PROG = "python -m kpflow.fomm.convert"
+
+
+def define_flags() -> None:
+    """The converter's flags, defined when the CLI runs (importing this module defines none)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FLAGS  # read now, not at import: tests swap in a fresh FlagValues
+    config_flags.DEFINE_config_file("config", None, "FOMM config, e.g. configs/fomm_vox.py", flag_values=values,
+                                    lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "original FOMM checkpoint (.pth.tar) or .npz state", flag_values=values)
+    flags.DEFINE_string("out", None, "output FOMM directory", flag_values=values)
+    flags.DEFINE_bool("trust_checkpoint", False, "let torch unpickle arbitrary objects (only for files you trust)",
+                      flag_values=values)
+    flags.DEFINE_bool("overwrite", False, "replace the model already in --out", flag_values=values)
+    flags.DEFINE_bool("skip_discriminator", False, "convert only the keypoint detector and generator",
+                      flag_values=values)
+    flags.mark_flags_as_required(["config", "checkpoint", "out"], flag_values=values)
+
 
 def main(argv) -> None:
+    """Convert as the flags say (after :func:`define_flags` and ``kpflow.cli.parse_absl_flags``).
+    A mistake the user can fix (a wrong config, a missing, damaged or foreign checkpoint, an
+    unwritable ``--out``) is one line ``error: ...`` on stderr and exit status 2."""
     from absl import flags
+    from ml_collections import config_flags
+
+    from kpflow.cli import EXIT_USAGE, UsageError, check_config_kind, one_line
+    from kpflow.io import check_output_path
 
     FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    config = FLAGS.config
-    state = read_checkpoint(FLAGS.checkpoint, trust=FLAGS.trust_checkpoint)
-    if FLAGS.skip_discriminator:
-        state.pop("discriminator", None)
-    variables = convert_checkpoint(state, config)
-    if os.path.exists(os.path.join(FLAGS.out, "checkpoints")) or os.path.exists(os.path.join(FLAGS.out, "config.json")):
-        if not FLAGS.overwrite:
-            raise FileExistsError(f"{FLAGS.out!r} already holds a FOMM model; choose another --out or pass --overwrite")
-        for name in ("checkpoints", "best", "config.json"):
-            path = os.path.join(FLAGS.out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    count = {k: sum(np.size(x) for x in jax.tree.leaves(v["params"])) for k, v in variables.items()}
-    save_model(FLAGS.out, config, variables, meta={"source": os.path.abspath(FLAGS.checkpoint), "networks": sorted(variables)})
+    try:
+        if len(argv) > 1:
+            raise UsageError(f"unexpected arguments {argv[1:]}; flags look like --out=DIR")
+        config = FLAGS.config
+        check_config_kind(config, "fomm", f"--config {config_flags.get_config_filename(FLAGS['config'])}")
+        check_output_path(FLAGS.out, "--out", folder=True)
+        state = read_checkpoint(FLAGS.checkpoint, trust=FLAGS.trust_checkpoint)
+        if FLAGS.skip_discriminator:
+            state.pop("discriminator", None)
+        variables = convert_checkpoint(state, config)
+        if os.path.exists(os.path.join(FLAGS.out, "checkpoints")) or os.path.exists(os.path.join(FLAGS.out, "config.json")):
+            if not FLAGS.overwrite:
+                raise UsageError(f"{FLAGS.out!r} already holds a FOMM model; choose another --out or pass --overwrite")
+            for name in ("checkpoints", "best", "config.json"):
+                path = os.path.join(FLAGS.out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        count = {k: sum(np.size(x) for x in jax.tree.leaves(v["params"])) for k, v in variables.items()}
+        save_model(FLAGS.out, config, variables, meta={"source": os.path.abspath(FLAGS.checkpoint),
+                                                       "networks": sorted(variables)})
+    except (UsageError, ValueError, OSError, ImportError) as exc:  # ConversionError is a ValueError
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     print(f"wrote {FLAGS.out}: " + ", ".join(f"{k} {n / 1e6:.1f} M params" for k, n in count.items()))
 
 
 def cli() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import app
 
-    config_flags.DEFINE_config_file("config", None, "FOMM config, e.g. configs/fomm_vox.py", lock_config=True)
-    flags.DEFINE_string("checkpoint", None, "original FOMM checkpoint (.pth.tar) or .npz state")
-    flags.DEFINE_string("out", None, "output FOMM directory")
-    flags.DEFINE_bool("trust_checkpoint", False, "let torch unpickle arbitrary objects (only for files you trust)")
-    flags.DEFINE_bool("overwrite", False, "replace the model already in --out")
-    flags.DEFINE_bool("skip_discriminator", False, "convert only the keypoint detector and generator")
-    flags.mark_flags_as_required(["config", "checkpoint", "out"])
+    from kpflow.cli import parse_absl_flags
 
-    def run(argv):
-        try:
-            main(argv)
-        except (ConversionError, OSError, ImportError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    app.run(run)
+    define_flags()
+    app.run(main, flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,18 @@ from kpflow.fomm.model import Networks, build_networks, init_variables, load_con
 from kpflow.fomm.ops import resize_bilinear
 from kpflow.progress import progress
 from kpflow.run_store import BEST_STEP_KEY, CheckpointStore
-from kpflow.training import runlog
+from kpflow.training import checks, runlog
+from kpflow.training.checks import (
+    COUNT,
+    COUNT_OR_ZERO,
+    FLAG,
+    LIST,
+    NON_NEGATIVE,
+    POSITIVE,
+    SCALE,
+    Rule,
+)
+from kpflow.workdir import run_lock
 
 CURVES_FILE = "curves.png"
 SAMPLES_DIR = "samples"
@@ -49,6 +60,51 @@ TRAIN_HINT = "train with `python -m train.fomm --config configs/fomm_vox.py:tiny
 PREFETCH_BATCHES = 3
 # Pairs shown in a samples/ grid.
 SAMPLE_ROWS = 4
+# Every numeric field of a FOMM config and its allowed values (kpflow.training.checks), checked by
+# validate_config after the command-line overrides; all must be present.
+CONFIG_FIELDS = {
+    "seed": COUNT_OR_ZERO,
+    **dict.fromkeys(("train.lr_generator", "train.lr_discriminator", "train.lr_kp_detector"), POSITIVE),
+    **dict.fromkeys(("train.adam_b1", "train.adam_b2"), Rule(float, 0, 1, high_open=True)),
+    "train.scales": Rule(float, 0, 1, low_open=True, form=LIST),  # image pyramid resolutions
+    **dict.fromkeys(("train.batch_size", "train.num_epochs", "train.num_repeats", "train.checkpoint_freq",
+                     "train.keep_checkpoints", "train.log_every", "train.eval_frames"), COUNT),
+    "train.epoch_milestones": Rule(int, 0, form=LIST, may_be_empty=True),
+    # 0: never (image_every), once per epoch (eval_every), no evaluation (eval_clips), no limit.
+    **dict.fromkeys(("train.image_every", "train.eval_every", "train.eval_clips", "train.max_steps"), COUNT_OR_ZERO),
+    "train.max_minutes": NON_NEGATIVE,
+    "train.transform.sigma_affine": NON_NEGATIVE,
+    "train.transform.sigma_tps": NON_NEGATIVE,
+    "train.transform.points_tps": COUNT,
+    **dict.fromkeys(("train.loss_weights.generator_gan", "train.loss_weights.discriminator_gan",
+                     "train.loss_weights.equivariance_value", "train.loss_weights.equivariance_jacobian"), NON_NEGATIVE),
+    **dict.fromkeys(("train.loss_weights.feature_matching", "train.loss_weights.perceptual"), Rule(float, 0, form=LIST)),
+    "data.frame_shape": Rule(int, 1, form=LIST),
+    "data.id_sampling": FLAG,
+    "data.cache": FLAG,
+}
+# The networks' hyper-parameters (config.model, the reference's model_params), checked when present.
+MODEL_FIELDS = {
+    "common.num_kp": COUNT,
+    "common.num_channels": COUNT,
+    "common.estimate_jacobian": FLAG,
+    "kp_detector.temperature": POSITIVE,
+    "kp_detector.scale_factor": SCALE,
+    "kp_detector.pad": COUNT_OR_ZERO,
+    "kp_detector.single_jacobian_map": FLAG,
+    "generator.num_down_blocks": COUNT_OR_ZERO,
+    "generator.num_bottleneck_blocks": COUNT_OR_ZERO,
+    "generator.estimate_occlusion_map": FLAG,
+    "generator.dense_motion_params.scale_factor": SCALE,
+    "discriminator.scales": Rule(float, 0, 1, low_open=True, form=LIST),
+    "discriminator.sn": FLAG,
+    "discriminator.kp_variance": POSITIVE,
+    "discriminator.use_kp": FLAG,
+    **{f"{net}.{size}": COUNT
+       for net in ("kp_detector", "generator", "generator.dense_motion_params", "discriminator")
+       for size in ("block_expansion", "max_features", "num_blocks")
+       if (net, size) != ("generator", "num_blocks")},
+}
 
 
 @flax.struct.dataclass
@@ -109,9 +165,13 @@ def create_train_state(nets: Networks, config, rng: jax.Array, opt_gen, opt_disc
 
 
 def validate_config(config) -> None:
-    """One-line ValueErrors for configs that cannot train."""
+    """One-line ValueErrors for configs that cannot train: not a FOMM config, a field of
+    :data:`CONFIG_FIELDS` (or of :data:`MODEL_FIELDS`, when present) missing, of the wrong type or
+    out of range, a perceptual loss without its weights or too small for VGG19, no data folder."""
     if not isinstance(config, ml_collections.ConfigDict) or "model" not in config:
         raise ValueError("--config is not a FOMM config (no model section); use configs/fomm_<dataset>.py")
+    checks.check_fields(config, CONFIG_FIELDS)
+    checks.check_fields(config.model, MODEL_FIELDS, "model.", required=False)
     t = config.train
     if t.perceptual not in PERCEPTUAL_CHOICES:
         raise ValueError(f"train.perceptual must be one of {PERCEPTUAL_CHOICES}, got {t.perceptual!r}")
@@ -126,8 +186,6 @@ def validate_config(config) -> None:
             f"VGG19 needs at least {losses.VGG19_MIN_SIZE} px at every pyramid scale; frame "
             f"{config.data.frame_shape[:2]} x scale {min(t.scales)} is smaller: drop small train.scales"
         )
-    if t.batch_size < 1 or t.num_epochs < 1 or t.num_repeats < 1:
-        raise ValueError("train.batch_size, train.num_epochs and train.num_repeats must be at least 1")
     if not config.data.dir:
         raise ValueError("config.data.dir is empty: point it at a FOMM video folder (root/{train,test}/)")
 
@@ -355,13 +413,15 @@ def load_data(config):
     except (FileNotFoundError, ValueError):
         test = None
     augment = Augmentation(d.augmentation.to_dict() if hasattr(d.augmentation, "to_dict") else d.augmentation)
-    if d.cache:
-        # Decode every clip now: fails early on a bad file, and keeps ffmpeg subprocesses out of the
-        # training loop's prefetch thread.
-        for folder in (train, test):
-            if folder is not None:
-                for i in progress(range(folder.num_videos), desc=f"decoding {folder.folder}", leave=False):
-                    folder.video(i)
+    # Decode every clip now (kept when d.cache): an unreadable one is dropped and reported (one line
+    # each, and a count here, before training), and ffmpeg stays out of the loop's prefetch thread.
+    for folder in (train, test):
+        if folder is not None:
+            folder.drop_unreadable(progress=lambda it, f=folder: progress(  # shown after 1 s, not for a failure
+                it, total=f.num_videos, desc=f"decoding {f.folder}", leave=False, delay=1))
+    skipped = train.skipped + (test.skipped if test is not None else [])
+    if skipped and parallel.is_main_process():
+        print(f"skipping {len(skipped)} unreadable videos of {d.dir} (listed above); training without them")
     return train, test, augment
 
 
@@ -384,8 +444,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Train (resuming from ``workdir`` if it holds a run); returns the last evaluation record.
 
     Raises one-line ValueError / OSError for a config or data a user can fix, and
-    :class:`~kpflow.training.runlog.TrainingDiverged` when the loss stops being finite.
+    :class:`~kpflow.training.runlog.TrainingDiverged` when the loss stops being finite or runs away
+    (above :data:`~kpflow.training.checks.LOSS_DIVERGENCE_FACTOR` times its first logged value); the
+    checkpoints saved before stay. Holds ``workdir``'s lock throughout
+    (:func:`kpflow.workdir.run_lock`): a second run on it is refused with one line (an OSError).
     """
+    with run_lock(workdir):
+        return _train_locked(config, workdir)
+
+
+def _train_locked(config, workdir: str) -> dict:
+    """:func:`train_and_evaluate` while holding the workdir's lock."""
     if not workdir:
         raise ValueError("--workdir is required: the folder for checkpoints, metrics and samples")
     validate_config(config)
@@ -442,8 +511,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
     copy_l1 = copy_source_l1(clips) if clips else None
     eval_every = int(t.eval_every) or steps_per_epoch
     curves_path = os.path.join(workdir, CURVES_FILE)
+    hint = (f"lower --config.train.lr_generator and --config.train.lr_kp_detector (now {t.lr_generator:g}, "
+            f"{t.lr_kp_detector:g}); the checkpoints saved before it stay in {workdir}")
+    metrics = None  # the last step's losses (device arrays)
+
+    def check_diverged(step: int) -> dict | None:
+        """The last step's losses on the host (None before the first step); TrainingDiverged when
+        they are not finite or ran away from the run's first logged ones. Called at each log line
+        and before each save, so no diverged state is saved."""
+        if metrics is None:
+            return None
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        first = next((r["losses"]["total"] for r in log.records if r["kind"] == "train"), None)
+        try:
+            runlog.check_finite(m["total"], f"at step {step} (losses {m})", hint)
+            if first is not None:
+                checks.check_loss_ratio(m["total"], first, f"at step {step}", hint)
+        except runlog.TrainingDiverged:
+            store.close()  # waits for the asynchronous saves of the good checkpoints before it
+            raise
+        return m
 
     def save(step: int, is_best: bool = False) -> None:
+        check_diverged(step)
         meta = {"step": step, "epoch": step / steps_per_epoch, "best_test_l1": best["l1"], BEST_STEP_KEY: best["step"]}
         store.save(step, variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng},
                    meta, is_best=is_best)
@@ -470,7 +560,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = time.time()
     # The last evaluation: a resumed run's at its restored step counts (a finished run does not redo it).
     last = next((r for r in reversed(log.records) if r["kind"] == "eval" and r["step"] == step), None)
-    if step == 0:
+    if step == 0 and last is None:  # a run killed before step 1 has logged step 0's already
         last = evaluate(0)
     host_batch = visuals = None  # the last trained batch and its pictures, for the final samples grid
     bar = progress(total=total_steps, initial=step, desc="fomm", unit="step", disable=not main_process)
@@ -486,9 +576,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 step += 1
                 bar.update(1)
                 if step % t.log_every == 0 or step == total_steps:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    runlog.check_finite(m["total"], f"at step {step} (losses {m})",
-                                        "lower --config.train.lr_generator and --config.train.lr_kp_detector")
+                    m = check_diverged(step)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k in ("total", "pixel_l1", "perceptual")})
                     log.append({"kind": "train", "step": step, "epoch": step / steps_per_epoch, "losses": m,
                                 "lr": float(milestone_schedule(t.lr_generator, milestones)(step))})
@@ -525,4 +613,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
             summary += f"; test reconstruction L1 {first['test_l1']:.4f} at step {first['step']} -> {last['test_l1']:.4f}"
             summary += f" (source copied: {copy_l1:.4f})"
         print(summary)
-    return last or {}
+    skipped = [str(p) for f in (train_set, test_set) if f is not None for p, _ in f.skipped]
+    return {**(last or {}), "skipped_videos": skipped} if skipped else (last or {})

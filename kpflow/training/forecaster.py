@@ -46,13 +46,54 @@ from kpflow.forecast import Forecaster, baselines
 from kpflow.keypoints import CausalScaler, MinMaxScaler
 from kpflow.progress import progress
 from kpflow.run_store import BEST_STEP_KEY
-from kpflow.training import runlog
+from kpflow.training import checks, runlog
+from kpflow.training.checks import COUNT, COUNT_OR_ZERO, FINITE, FLAG, NON_NEGATIVE, POSITIVE, Rule
+from kpflow.workdir import run_lock
 
 # Validation scores summed by eval_step, all per window in min-max units; "balanced" is derived
 # from them in evaluate().
 VAL_METRICS = ("energy_score", "mae_mean", "mae_best", "mae_hold_last", "energy_random_walk")
 # Scores that can pick the best checkpoint (lower is better).
 SELECT_METRICS = ("balanced", "energy_score", "mae_mean", "mae_best")
+# Every numeric field of a forecaster config and its allowed values (kpflow.training.checks), checked
+# by validate_config after the command-line overrides; all must be present.
+CONFIG_FIELDS = {
+    "num_observed": COUNT,
+    "num_predicted": COUNT,
+    "train.seed": COUNT_OR_ZERO,
+    "train.batch_size": COUNT,
+    "train.num_epochs": COUNT,
+    "train.steps_per_epoch": COUNT_OR_ZERO,  # 0: one pass over the training windows
+    "train.learning_rate": POSITIVE,
+    "train.warmup_steps": COUNT_OR_ZERO,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.clip_norm": POSITIVE,
+    "train.val_samples": COUNT,
+    "train.keep_checkpoints": COUNT,
+    "data.stride": COUNT,
+    "data.val_fraction": Rule(float, 0, 1, low_open=True, high_open=True),
+    "data.seed": COUNT_OR_ZERO,
+}
+# Fields of the synthetic data block, checked when present.
+SYNTHETIC_FIELDS = {
+    "num_clips": COUNT, "num_speakers": COUNT, "min_frames": COUNT, "max_frames": COUNT, "num_keypoints": COUNT,
+    "seed": COUNT_OR_ZERO,
+}
+# The models' hyper-parameters (kpflow.forecast.*), checked when the config's model has them:
+# sizes and counts, weights, temperatures and flags.
+MODEL_FIELDS = {
+    **dict.fromkeys(("hidden", "latent", "num_layers", "num_gru_layers", "num_blocks", "context_hidden",
+                     "prior_hidden", "posterior_hidden", "decoder_hidden", "flow_hidden", "flow_layers",
+                     "closed_loop_samples"), COUNT),
+    **dict.fromkeys(("beta", "kl_weight", "closed_loop_weight", "decoder_temperature"), NON_NEGATIVE),
+    "temperature": POSITIVE,
+    "latent_temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),
+    "latent_persistence": Rule(float, 0, 1, high_open=True),  # an AR(1) coefficient
+    "adaptive_scale": FINITE,  # negative turns the adaptation off
+    **dict.fromkeys(("residual", "deterministic", "momentum", "sign_invariant", "fresh_forecast_latent",
+                     "equivariant", "mirror_samples", "conditional_prior", "sample_noise", "embed_inputs",
+                     "position_features"), FLAG),
+}
 # The progress bar shows the mean loss of this many recent steps, fetched every this many steps:
 # fetching a loss waits for the device, so not every step.
 LOSS_DISPLAY_STEPS = 20
@@ -247,20 +288,21 @@ class Experiment:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """One-line ValueErrors for configs that cannot train."""
+    """One-line ValueErrors for configs that cannot train: a horizon that disagrees with its
+    lengths, a field of :data:`CONFIG_FIELDS` (or of :data:`MODEL_FIELDS` that the model has)
+    missing, of the wrong type or out of range, an unknown select metric or augmentation."""
     n, m = parse_horizon(config.horizon)
     if (n, m) != (config.num_observed, config.num_predicted):
         raise ValueError(
             f"config.horizon {config.horizon!r} disagrees with num_observed={config.num_observed}, "
             f"num_predicted={config.num_predicted}; choose the horizon with --config configs/<file>.py:horizon={config.horizon}"
         )
+    checks.check_fields(config, CONFIG_FIELDS)
+    checks.check_fields(config.data.get("synthetic") or {}, SYNTHETIC_FIELDS, "data.synthetic.", required=False)
+    checks.check_fields(config.get("model") or {}, MODEL_FIELDS, "model.", required=False)
     t = config.train
     if t.select_metric not in SELECT_METRICS:
         raise ValueError(f"train.select_metric must be one of {SELECT_METRICS}, got {t.select_metric!r}")
-    if t.num_epochs < 1 or t.batch_size < 1 or t.val_samples < 1:
-        raise ValueError("train.num_epochs, train.batch_size and train.val_samples must be at least 1")
-    if config.data.stride < 1:
-        raise ValueError(f"data.stride must be at least 1, got {config.data.stride}")
     unknown = [a for a in config.data.get("augment", ()) if a not in AUGMENTATIONS]
     if unknown:
         raise ValueError(f"data.augment: unknown {unknown}; choose from {AUGMENTATIONS}")
@@ -350,6 +392,12 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
 
     ``stop_after_epoch``: stop cleanly after that epoch (as a preempted job would), leaving a
     checkpoint that a later call continues from.
+
+    Raises :class:`~kpflow.training.runlog.TrainingDiverged` (one line) when an epoch's training
+    loss is not finite or above :data:`~kpflow.training.checks.LOSS_DIVERGENCE_FACTOR` times the
+    first logged one, or its validation MAE above
+    :data:`~kpflow.training.checks.VAL_MAE_DIVERGENCE_FACTOR` times hold-last's; that epoch is
+    neither logged nor saved, so the checkpoints before it (``best/`` included) stay.
     """
     config, workdir = exp.config, exp.workdir
     tc = config.train
@@ -365,6 +413,7 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
 
     os.makedirs(workdir, exist_ok=True)
     store = checkpoint.CheckpointStore(workdir, keep=tc.keep_checkpoints)
+    bar = None
     try:
         start_epoch, best, resumed_step = 0, None, None
         if store.latest_step() is None:
@@ -372,6 +421,7 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
         else:
             state, meta = _restore(store, exp, tx, init_rng, example, scaler, mesh)
             start_epoch, best, resumed_step = int(meta["epoch"]), meta.get("best"), int(meta["step"])
+        saved_step = resumed_step  # the step of the newest checkpoint, for a divergence message
         log = runlog.MetricsLog(workdir, resumed_step, write=main_process)
         if main_process:
             checkpoint.save_config(workdir, config)
@@ -405,11 +455,16 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
                     bar.set_postfix(epoch=epoch, loss=f"{running:.4f}")
             step_metrics = jax.device_get(step_metrics)  # one transfer per epoch
             train_means = {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
-            runlog.check_finite(
-                train_means["loss"], f"in epoch {epoch}",
-                f"lower --config.train.learning_rate (now {tc.learning_rate}) or --config.train.clip_norm",
-            )
+            # Divergence stops the run before anything of this epoch is logged or saved: the
+            # checkpoints of earlier epochs (best/ included) stay as they are.
+            hint = (f"lower --config.train.learning_rate (now {tc.learning_rate:g}) or --config.train.clip_norm "
+                    f"(now {tc.clip_norm:g}); " + (f"{workdir} keeps its checkpoints up to step {saved_step}"
+                                                   if saved_step is not None else "no checkpoint was saved"))
+            runlog.check_finite(train_means["loss"], f"in epoch {epoch}", hint)
+            if log.records:  # the run's first logged loss (kept across resumption) is the yardstick
+                checks.check_loss_ratio(train_means["loss"], log.records[0]["train/loss"], f"in epoch {epoch}", hint)
             val = evaluate(eval_fn, state.variables, exp.val_windows, exp.val_units, chunk, mesh, eval_rng)
+            checks.check_val_mae(val["mae_mean"], val["mae_hold_last"], f"in epoch {epoch}", hint)
 
             record = {
                 "epoch": epoch,
@@ -430,6 +485,7 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
             meta = {"step": record["step"], "epoch": epoch, "val": val, "best": best,
                     BEST_STEP_KEY: best["step"] if best else None}
             store.save(record["step"], state.variables, {"opt_state": state.opt_state, "rng": state.rng}, meta, is_best)
+            saved_step = record["step"]
             if main_process:
                 bar.write(
                     f"epoch {epoch}: loss {train_means['loss']:.4f} | val energy {val['energy_score']:.4f} "
@@ -438,15 +494,21 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
                 )
             if last:
                 break
-        bar.close()
     finally:
+        if bar is not None:
+            bar.close()  # before an error's line, which then comes last
         store.close()  # waits for the asynchronous saves
     return best or {}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: int | None = None) -> dict:
-    """:func:`prepare` then :func:`fit`; returns the best epoch's record (score, epoch, step, val)."""
-    return fit(prepare(config, workdir), stop_after_epoch=stop_after_epoch)
+    """:func:`prepare` then :func:`fit`; returns the best epoch's record (score, epoch, step, val).
+
+    Holds ``workdir``'s lock throughout (:func:`kpflow.workdir.run_lock`): a second run on it is
+    refused with one line (:class:`kpflow.workdir.WorkdirInUse`, an OSError).
+    """
+    with run_lock(workdir):
+        return fit(prepare(config, workdir), stop_after_epoch=stop_after_epoch)
 
 
 def _round_up(x: int, multiple: int) -> int:

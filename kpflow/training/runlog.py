@@ -2,10 +2,12 @@
 loops report numbers and pictures, this module writes them.
 
 - ``WORKDIR/metrics.jsonl`` (:class:`MetricsLog`): one JSON record per line, each holding its
-  ``step``. The file is rewritten whole through a temporary file and ``os.replace``, so a kill
-  never leaves half a line; a resumed run keeps only the records at or before the step of the
-  checkpoint it restored (later ones belong to a future it lost) and tolerates a torn last line
-  of a file written otherwise.
+  ``step``. The file is rewritten whole through :func:`kpflow.workdir.write_atomically` (a
+  temporary file and ``os.replace``, the one way every run-log file is written), so a kill never
+  leaves half a line; a resumed run keeps only the records at or before the step of the
+  checkpoint it restored (later ones belong to a future it lost), one per ``(kind, step)`` (a
+  step logged again replaces its record), and drops with a :class:`kpflow.workdir.RunWarning` a
+  torn last line of a file written otherwise.
 - Curves (:class:`Line`, :class:`Panel`, :func:`plot_panels`): named series against step or
   epoch, one panel per quantity, saved as one PNG.
 - Sample grids (:func:`draw_keypoints`, :func:`image_grid`, :func:`save_image`): rows of images,
@@ -17,13 +19,17 @@ loops report numbers and pictures, this module writes them.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+
+from kpflow.workdir import RunWarning, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 # A curve plot is redrawn when this many seconds passed since the last drawing (a drawing costs
@@ -53,8 +59,8 @@ def check_finite(loss: float, where: str, hint: str) -> None:
 def read_records(path: str) -> list[dict]:
     """The JSON records of ``path`` (none if it does not exist).
 
-    A last line that does not parse was torn by a kill mid-write and is dropped; any other bad
-    line is a one-line ValueError.
+    A last line that does not parse was torn by a kill mid-write and is dropped with a
+    :class:`~kpflow.workdir.RunWarning`; any other bad line is a one-line ValueError.
     """
     if not os.path.isfile(path):
         return []
@@ -66,6 +72,8 @@ def read_records(path: str) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
+                warnings.warn(f"{path}: dropped its last line, torn by a kill mid-write: {line[:60]!r}",
+                              RunWarning, stacklevel=2)
                 break
             raise ValueError(f"{path}: line {i + 1} is not a JSON record; delete that line (or the file) to resume") from None
     return records
@@ -84,21 +92,35 @@ class MetricsLog:
         self.path = os.path.join(workdir, METRICS_FILE)
         self.write = write
         old = read_records(self.path) if resumed_step is not None else []
-        self.records: list[dict] = [r for r in old if r["step"] <= resumed_step]
+        self.records: list[dict] = unique_records([r for r in old if r["step"] <= resumed_step], self.path)
         self._flush()
 
     def append(self, record: dict) -> None:
-        self.records.append(record)
+        """Add ``record``, replacing an earlier one of the same ``(kind, step)`` (a step logged again)."""
+        key = _record_key(record)
+        self.records = [r for r in self.records if _record_key(r) != key] + [record]
         self._flush()
 
     def _flush(self) -> None:
         if not self.write:
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def unique_records(records: list[dict], path: str = METRICS_FILE) -> list[dict]:
+    """``records`` with one record per ``(kind, step)``, the last written (older kpflow appended the
+    steps a resumed run trained again; the later copy matches the checkpoints). Warns when any went."""
+    last = {_record_key(r): i for i, r in enumerate(records)}
+    if len(last) == len(records):
+        return records
+    warnings.warn(f"{path}: dropped {len(records) - len(last)} duplicate record(s) of steps logged twice",
+                  RunWarning, stacklevel=2)
+    return [r for i, r in enumerate(records) if last[_record_key(r)] == i]
+
+
+def _record_key(record: dict) -> tuple:
+    return record.get("kind"), record["step"]
 
 
 # -- curves ----------------------------------------------------------------------------------------
@@ -154,9 +176,9 @@ def plot_panels(panels: Sequence[Panel], path: str, panel_size: tuple[float, flo
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.22)  # tight_layout costs a redraw
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=PLOT_DPI)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=PLOT_DPI)
+    write_atomically(path, png.getvalue())
 
 
 # -- sample grids ----------------------------------------------------------------------------------
@@ -190,9 +212,7 @@ def save_image(path: str, image: np.ndarray) -> None:
     import imageio.v3 as iio
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    iio.imwrite(tmp, image, extension=".png")
-    os.replace(tmp, path)
+    write_atomically(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 # -- the same run? ---------------------------------------------------------------------------------
