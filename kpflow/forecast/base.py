@@ -226,6 +226,34 @@ def frame_to_residual_target(prev: jnp.ndarray, frame: jnp.ndarray, step_scale: 
     return (frame - prev) / step_scale if residual else frame
 
 
+def check_frame_bound(model: str, bound: float | None) -> None:
+    """One-line ValueError unless ``bound`` (a module's ``frame_bound``) is None or a positive number."""
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0):
+        raise ValueError(f"{model}: frame_bound must be a positive number of training standard deviations "
+                         f"(or None for unbounded forecasts), got {bound!r}")
+
+
+def bound_forecast_frame(frame: jnp.ndarray, last_observed: jnp.ndarray, bound: float | None) -> jnp.ndarray:
+    """A generated frame ``[.., D]`` (scaled units) clipped to the region the model was trained on.
+
+    The region is ``bound`` training standard deviations around the training mean (0 in scaled
+    units), widened per dimension to the last observed frame's distance ``|last_observed| [.., D]``,
+    so a forecast never jumps back from a context that is already outside it. ``bound=None``: no clip.
+
+    Why: forecasters that read absolute frames (GRU, VAE, NF) fed their own frames from outside the
+    training region extrapolate a step that does not vanish, and the residual path integrates it
+    (and their independent per-frame noise) without end: 1,000-step closed loops drifted tens of
+    data ranges away. It acts when sampling only: training is unchanged, and so is a forecast that
+    stays inside the region. At ``bound=4`` the region of configs/vae_vox.py's two training speakers
+    holds 99.9% of their values and 95.6% of the held-out speakers'; on those speakers the bound
+    moved 3% of a 6-6 VAE's sampled values and its validation MAE by under 1%.
+    """
+    if bound is None:
+        return frame
+    limit = jnp.maximum(bound, jnp.abs(last_observed))
+    return jnp.clip(frame, -limit, limit)
+
+
 def step_features(x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
     """Per-frame recurrent inputs ``[.., T, 2D]``: the (scaled) frame and its step from the previous one.
 

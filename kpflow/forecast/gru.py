@@ -8,7 +8,7 @@ trained with MSE whose "samples" are all equal.
 
 - ``loss``: one-step-ahead NLL (or MSE) of every frame after the first, teacher-forced on the window.
 - ``sample``: warm the state up on the context, then a closed-loop ``nn.scan`` that feeds the model's
-  own draws back in.
+  own draws back in, each kept within the training data's region (``frame_bound``).
 - ``teacher_forced``: the authors' protocol; the state has seen the *true* frames < t when it
   predicts t. A one-step-ahead prediction, not a forecast.
 """
@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from kpflow.forecast.base import (
     ForecastModule,
+    bound_forecast_frame,
+    check_frame_bound,
     frame_to_residual_target,
     gaussian_nll,
     residual_head_to_frame,
@@ -61,14 +63,22 @@ class GRUForecaster(ForecastModule):
       hidden: GRU width; num_layers: stacked GRU cells.
       residual: predict steps from the last frame (True) or frames.
       deterministic: point forecaster trained with MSE (samples are the mean).
+      frame_bound: closed-loop frames stay within this many training standard deviations of the
+        training mean, per dimension (or as far as the last observed frame, if farther;
+        :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only.
     """
 
     hidden: int = 256
     num_layers: int = 2
     residual: bool = True
     deterministic: bool = False
+    frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
+
+    def __post_init__(self):
+        check_frame_bound("gru", self.frame_bound)  # at construction: a bad config fails in one line
+        super().__post_init__()
 
     def setup(self):
         self.cell = StackedGRUCell(self.hidden, self.num_layers)
@@ -118,10 +128,12 @@ class GRUForecaster(ForecastModule):
     def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
         """``context [B, N, D]`` -> one closed-loop draw ``[B, M, D]`` (rng stream "sample")."""
         carry, h = self._encode(context, step_scale)
+        last_observed = context[:, -1]
 
         def step(mdl, state, _):
             carry, h, prev = state
             frame = residual_head_to_frame(prev, mdl._draw(h), step_scale, mdl.residual)
+            frame = bound_forecast_frame(frame, last_observed, mdl.frame_bound)
             # The new frame's recurrent input, exactly as step_features builds it for true frames.
             feat = step_features(jnp.stack([prev, frame], axis=1), step_scale)[:, -1]
             carry, h = mdl.cell(carry, feat)
@@ -134,7 +146,7 @@ class GRUForecaster(ForecastModule):
             length=horizon,
             out_axes=1,
         )
-        _, frames = rollout(self, (carry, h[:, -1], context[:, -1]), None)
+        _, frames = rollout(self, (carry, h[:, -1], last_observed), None)
         return frames
 
     def teacher_forced(self, x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:

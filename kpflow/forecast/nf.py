@@ -5,7 +5,8 @@ The flow models the M future steps jointly, ``p(y_N, .., y_{N+M-1} | context)`` 
 :func:`~kpflow.forecast.base.frame_to_residual_target`), flattened to one ``M*D`` vector, so
 correlations across keypoints *and* across time are in the density. The condition is an MLP
 encoding of the observed frames' :func:`~kpflow.forecast.base.step_features`. A sample is drawn in
-one shot and integrated from the last observed frame; the model forecasts exactly its trained horizon.
+one shot and integrated from the last observed frame, within the training data's region
+(``frame_bound``); the model forecasts exactly its trained horizon.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import jax.numpy as jnp
 
 from kpflow.forecast.base import (
     ForecastModule,
+    bound_forecast_frame,
+    check_frame_bound,
     frame_to_residual_target,
     residual_head_to_frame,
     step_features,
@@ -23,15 +26,17 @@ from kpflow.forecast.flows import MLP, ConditionalRealNVP
 
 
 def heads_to_frames(
-    last: jnp.ndarray, heads: jnp.ndarray, step_scale: jnp.ndarray, residual: bool
+    last: jnp.ndarray, heads: jnp.ndarray, step_scale: jnp.ndarray, residual: bool, bound: float | None = None
 ) -> jnp.ndarray:
     """Integrate heads into frames: ``last [B, D]``, ``heads [B, M, D]`` -> ``frames [B, M, D]``.
 
-    Frame t is :func:`residual_head_to_frame` of frame t-1 (``last`` for the first) and head t.
+    Frame t is :func:`residual_head_to_frame` of frame t-1 (``last`` for the first) and head t,
+    clipped to the training region by :func:`~kpflow.forecast.base.bound_forecast_frame` (``bound``
+    training standard deviations, or ``last``'s distance if farther; None: unclipped).
     """
 
     def step(prev, head):
-        frame = residual_head_to_frame(prev, head, step_scale, residual)
+        frame = bound_forecast_frame(residual_head_to_frame(prev, head, step_scale, residual), last, bound)
         return frame, frame
 
     _, frames = jax.lax.scan(step, last, jnp.swapaxes(heads, 0, 1))
@@ -54,6 +59,9 @@ class NFForecaster(ForecastModule):
       num_blocks, hidden, num_layers, activation, norm: of the :class:`ConditionalRealNVP`.
       context_hidden: width of the two-layer context encoder (the flow's condition size).
       residual: model steps from the last frame (True) or the frames themselves.
+      frame_bound: forecast frames stay within this many training standard deviations of the
+        training mean, per dimension (or as far as the last observed frame, if farther;
+        :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only.
     """
 
     num_blocks: int = 8
@@ -63,8 +71,13 @@ class NFForecaster(ForecastModule):
     norm: str = "batch"
     context_hidden: int = 256
     residual: bool = True
+    frame_bound: float | None = 4.0
 
     any_horizon = False
+
+    def __post_init__(self):
+        check_frame_bound("nf", self.frame_bound)  # at construction: a bad config fails in one line
+        super().__post_init__()
 
     def setup(self):
         self.context_encoder = MLP(self.context_hidden, 1, self.context_hidden, activation="tanh")
@@ -95,4 +108,4 @@ class NFForecaster(ForecastModule):
         """``context [B, N, D]`` -> ``[B, M, D]`` (M = the trained horizon; the wrapper checks it)."""
         cond = self.encode(context, step_scale)
         heads = self.flow.sample(cond).reshape(context.shape[0], self.horizon, self.dim)
-        return heads_to_frames(context[:, -1], heads, step_scale, self.residual)
+        return heads_to_frames(context[:, -1], heads, step_scale, self.residual, self.frame_bound)

@@ -10,7 +10,8 @@ With ``c`` an MLP encoding of the observed frames' :func:`~kpflow.forecast.base.
 trained on the negative ELBO ``E_q[-log p(y | z, c)] + beta KL(q || p)`` (Kingma and Welling 2014,
 eq. 3; Sohn et al. 2015, section 3), with one reparameterised draw of z. A forecast draws z from the
 prior and y from the decoder (or takes its mean with ``sample_noise=False``), then integrates the
-steps from the last observed frame. The model forecasts exactly its trained horizon.
+steps from the last observed frame, within the training data's region (``frame_bound``). The model
+forecasts exactly its trained horizon.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ForecastModule, gaussian_kl, gaussian_nll, step_features
+from kpflow.forecast.base import (
+    ForecastModule,
+    check_frame_bound,
+    gaussian_kl,
+    gaussian_nll,
+    step_features,
+)
 from kpflow.forecast.flows import MLP
 from kpflow.forecast.nf import future_targets, heads_to_frames
 
@@ -44,6 +51,9 @@ class VAEForecaster(ForecastModule):
       residual: model steps from the last frame (True) or frames.
       conditional_prior: p(z | context) (True) or N(0, I).
       sample_noise: forecasts include the decoder's Gaussian noise (True) or use its mean.
+      frame_bound: forecast frames stay within this many training standard deviations of the
+        training mean, per dimension (or as far as the last observed frame, if farther;
+        :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only.
     """
 
     hidden: int = 256
@@ -53,8 +63,13 @@ class VAEForecaster(ForecastModule):
     residual: bool = True
     conditional_prior: bool = True
     sample_noise: bool = True
+    frame_bound: float | None = 4.0
 
     any_horizon = False
+
+    def __post_init__(self):
+        check_frame_bound("vae", self.frame_bound)  # at construction: a bad config fails in one line
+        super().__post_init__()
 
     def setup(self):
         out = self.horizon * self.dim
@@ -112,4 +127,4 @@ class VAEForecaster(ForecastModule):
         if self.sample_noise:
             y = y + std * jax.random.normal(y_key, mean.shape, mean.dtype)
         heads = y.reshape(context.shape[0], self.horizon, self.dim)
-        return heads_to_frames(context[:, -1], heads, step_scale, self.residual)
+        return heads_to_frames(context[:, -1], heads, step_scale, self.residual, self.frame_bound)
