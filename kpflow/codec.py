@@ -390,10 +390,17 @@ class Receiver:
     range. :attr:`needs_intra` is True from a detected loss until the next intra packet is applied.
     """
 
-    def __init__(self, params: CodecParams, predict: FramePredictor = hold_last, first_frame: np.ndarray | None = None):
+    def __init__(self, params: CodecParams, predict: FramePredictor = hold_last, first_frame: np.ndarray | None = None,
+                 memory: int | None = None):
+        if memory is not None and memory < 1:
+            raise ValueError(f"a receiver's memory is at least 1 frame (None: keep every frame); got {memory}")
         self.params = params
         self.predict = predict
+        # The frames shown so far, the predictor's input: all of them (memory None, for analysis), or
+        # the last `memory` (a live call: the predictor's context length; hold_last needs 1).
         self.history: list[np.ndarray] = []
+        self.memory = memory
+        self.frames = 0  # frames shown so far
         self.expected_seq: int | None = None
         self.synced = False
         self.first_frame = None if first_frame is None else params.clip(np.asarray(first_frame, np.float64))
@@ -444,8 +451,11 @@ class Receiver:
         knows what it sent)."""
         frame = self.prediction()
         if decoded is not None:
-            frame = self._use(decoded, frame, len(self.history))
+            frame = self._use(decoded, frame, self.frames)
         self.history.append(np.asarray(frame, np.float32))
+        if self.memory is not None and len(self.history) > self.memory:
+            del self.history[: len(self.history) - self.memory]
+        self.frames += 1
         return self.history[-1]
 
     def _use(self, decoded: tuple[bool, int, np.ndarray], frame: np.ndarray, t: int) -> np.ndarray:
@@ -495,7 +505,8 @@ class Sender:
 
     def __init__(self, params: CodecParams, predict: FramePredictor = hold_last, policy: str = "threshold", *,
                  threshold: float = DEFAULT_THRESHOLD, num_observed: int = PAPER_NUM_OBSERVED,
-                 horizon: int = PAPER_HORIZON, intra_period: int = DEFAULT_INTRA_PERIOD, max_gap: int = DEFAULT_MAX_GAP):
+                 horizon: int = PAPER_HORIZON, intra_period: int = DEFAULT_INTRA_PERIOD, max_gap: int = DEFAULT_MAX_GAP,
+                 memory: int | None = None):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
         if not 1 <= max_gap <= SEQ_MODULO:
@@ -512,7 +523,7 @@ class Sender:
         self.num_observed, self.horizon = int(num_observed), int(horizon)
         self.intra_period = int(intra_period)
         self.max_gap = int(max_gap)
-        self.mirror = Receiver(params, predict)
+        self.mirror = Receiver(params, predict, memory=memory)  # memory: see Receiver
         self.seq = 0
         self.frame = 0
         self.last_sent = -1
@@ -658,7 +669,8 @@ def loss_recovery(series: np.ndarray, params: CodecParams, predict: FramePredict
 
 def _snapshot(r: Receiver) -> dict:
     return {"history": list(r.history), "expected_seq": r.expected_seq, "synced": r.synced, "suspect": r.suspect,
-            "last_packet_frame": r.last_packet_frame, "first_frame": r.first_frame}
+            "last_packet_frame": r.last_packet_frame, "first_frame": r.first_frame, "frames": r.frames,
+            "memory": r.memory}
 
 
 def _restore(snap: dict, params: CodecParams, predict: FramePredictor) -> Receiver:

@@ -501,3 +501,15 @@ def test_eval_codec_cli_bad_fomm_input(fomm_and_videos, tmp_path, capsys):
     assert eval_codec.main(["--videos", str(videos), "--data_dir", str(videos), "--fomm", str(fomm_dir), *out]) == 2
     assert "not both" in one_line_error(capsys)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_bounded_memory_changes_nothing_for_hold_last_and_stays_bounded(clips, params):
+    series = clips[1][0]
+    sender, bounded = codec.Sender(params, threshold=0.01, memory=4), codec.Receiver(params, memory=4)
+    full = codec.Receiver(params)
+    for x in series:
+        packet = sender.step(x)
+        np.testing.assert_array_equal(bounded.step(packet), full.step(packet))
+    assert len(bounded.history) == 4 and len(sender.mirror.history) == 4 and bounded.frames == len(series)
+    with pytest.raises(ValueError, match="memory"):
+        codec.Receiver(params, memory=0)
