@@ -1,6 +1,7 @@
 # kpflow: every target sets itself up on a fresh machine (a .venv beside this file).
 #
 #   make test     the test suite (creates .venv and installs kpflow[dev,torch,call] on first use)
+#   make e2e      the browser test of the call's viewer (tests/e2e; installs Debian's chromium if missing)
 #   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
 #   make bench    forecaster sampling, FOMM, end-to-end pipeline and real-time protocol speed (runs/bench_*.json)
 #   make lint     ruff
@@ -25,10 +26,10 @@ PYTEST_ARGS ?=
 # The CPU wheel of torch available on these machines; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help setup test test-fast demo bench lint lock torch clean distclean
+.PHONY: help setup test test-fast e2e demo bench lint lock torch clean distclean
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# //'
+	@sed -n '3,11p' Makefile | sed 's/^# //'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +42,19 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 
 setup: $(STAMP)
 
+# tests/e2e (a real browser) is make e2e's.
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/e2e $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/e2e -m "not slow" $(PYTEST_ARGS)
+
+# Headless Chromium opens the call's viewer page (tests/e2e). Debian's chromium is installed first
+# when none is on PATH; without a browser the test skips, or fails where CI is set.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+e2e: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	$(PY) -m pytest -q -n 0 tests/e2e $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PY=$(PY) bash scripts/demo.sh

@@ -289,11 +289,11 @@ class CallReceiver:
             message = self.link.controls.get_nowait()
             if not isinstance(message, dict):
                 continue
-            if message.get("type") in ("status", "bye"):
+            if message.get("type") in ("status", "end"):
                 counts = {k: message.get(k) for k in ("frames_sent", "packets_sent", "bytes_sent")}
                 if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
                     self._status = counts
-                    if message["type"] == "bye":
+                    if message["type"] == "end":
                         self._final = counts
 
     def _file_datagrams(self, k: int) -> None:

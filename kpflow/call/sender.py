@@ -15,7 +15,7 @@ frame index (``kpflow.codec`` is frame-clocked). Every byte of the datagram coun
 Before any packet the sender sends the set-up (:mod:`kpflow.call.session`) and waits for the
 receiver's accept. During the call it answers ``{"type": "keyframe_request"}`` controls with
 ``kpflow.codec.Sender.request_intra`` (the next frame goes intra). At the end of the frames it
-sends ``{"type": "bye", "frames_sent", "packets_sent", "bytes_sent"}`` and closes the link with
+sends ``{"type": "end", "frames_sent", "packets_sent", "bytes_sent"}`` and closes the link with
 ``"sender finished"``.
 
 **Pacing.** ``realtime=True`` (the default) sends frame ``t`` at ``t / fps`` seconds after the call
@@ -455,7 +455,7 @@ class CallSender:
         """Release what the impairment holds, send the bye and close the link (if it is still open)."""
         await self._drop_channel()
         if not self.link.closed.is_set():
-            await self.link.send_control({"type": "bye", **self._counts()})
+            await self.link.send_control({"type": "end", **self._counts()})
             await self.link.close(reason)
             self.stats.ended = reason
         else:

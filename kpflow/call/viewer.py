@@ -391,7 +391,7 @@ async function poll() {
     show(data.panel);
     if (data.state === "ended" && state !== "ended") {
       // The stream has closed: show the call's last frame.
-      // removed
+      video.src = "/frame.jpg?t=" + Date.now();
     }
     state = data.state;
     badge.textContent = state;
