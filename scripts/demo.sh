@@ -54,9 +54,18 @@ for m in "${MODELS[@]}"; do forecasters+=(--forecaster "$OUT/$m"); done
 "$PY" -m eval.video --fomm "$OUT/fomm" "${forecasters[@]}" --videos "$OUT/videos" --mode reconstruction \
   --horizon 6-6 --samples 20 --top_k 5 --out "$OUT/video"
 
+step "a loopback call (both ends over local WebRTC, 10 % bursty loss) -> $OUT/call"
+mkdir -p "$OUT/call"
+test_video=$(ls "$OUT/videos/test/"* | head -n 1)
+"$PY" -m kpflow.call loopback --fomm "$OUT/fomm" --video "$test_video" --codec_fit "$OUT/keypoints/train" \
+  --loss 0.1 --burst 3 --out "$OUT/call/call.mp4" --stats "$OUT/call/stats.json"
+"$PY" -c "from kpflow.call.app import frame_strip; frame_strip('$OUT/call/call.mp4', '$OUT/call/strip.png')"
+
 step "done"
 cat <<MSG
 Results in $OUT/:
+  call/call.mp4, stats.json  a loopback call of the first test video: what the receiver showed, its
+                             statistics (kbps, forecast share, keypoint error, latency); strip.png
   video/tables.md            rendered-video scores: FOMM, hold-last and each model (MAE, SSIM, JEDi),
                              and the diversity table (APD, MAE, SSIM, APD/MAE ratio, best/mean of S)
   video/frames.png           ground truth / FOMM without forecasting / one row per model
