@@ -180,7 +180,8 @@ class Forecaster:
         not repeated S times (the samples share one posterior pass over the observed frames).
 
         A module with a true ``mirror_samples`` attribute draws half of the samples and adds their
-        mirror images through its ``mirror_center(state, horizon)`` path ``[B, M, D]``."""
+        mirror images through its ``mirror_center(state, horizon)`` path ``[B, M, D]``, bounded by
+        its ``frame_bound`` like its draws (:func:`bound_forecast_frame`)."""
         scaler = self.scaler_of(variables)
         mvars = self._module_variables(variables)
         z = scaler.transform(context)
@@ -201,7 +202,9 @@ class Forecaster:
             # Antithetic pairs: x and its mirror image 2c - x through the centre path c. The scaler
             # is affine per dimension, so mirroring in scaled units is mirroring in raw ones.
             center = self.module.apply(mvars, state, horizon, method=mod.mirror_center)
-            out = jnp.concatenate([out, 2 * center - out])[:num_samples]
+            # The image of a bounded draw can leave the region (the centre path is not bounded).
+            images = bound_forecast_frame(2 * center - out, z[:, -1:], getattr(self.module, "frame_bound", None))
+            out = jnp.concatenate([out, images])[:num_samples]
         return scaler.inverse(out)
 
     def teacher_forced(self, variables: Variables, window: jnp.ndarray, rng: jax.Array, num_samples: int = 1):

@@ -4,7 +4,8 @@
 A stacked GRU reads the frames; its top state ``h_{t-1}`` conditions a RealNVP density over the
 next frame, ``p(x_t | h_{t-1})`` (Rasul et al., eq. 9), trained by maximum likelihood with true
 inputs. With ``residual=True`` the flow models the step ``(x_t - x_{t-1}) / step_scale``.
-Forecasts are closed-loop: sample a step from the flow, feed the new frame back, repeat.
+Forecasts are closed-loop: sample a step from the flow, feed the new frame back (kept within the
+training data's region, ``frame_bound``), repeat.
 
 Training runs the GRU over the whole window with ``nn.scan`` and evaluates the flow once on all
 ``B x (T-1)`` steps, so the batch-norm bijectors between coupling blocks see one large batch;
@@ -17,7 +18,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ForecastModule, context_step_scale
+from kpflow.forecast.base import (
+    ForecastModule,
+    bound_forecast_frame,
+    check_frame_bound,
+    context_step_scale,
+)
 from kpflow.forecast.flows import ConditionalRealNVP
 from kpflow.forecast.scoring import closed_loop_energy
 
@@ -42,6 +48,11 @@ class GRUNFForecaster(ForecastModule):
         of motion reaches the forecast through ``momentum`` alone and the flow models how much and
         how coherently the keypoints move, not where: a learned directional drift does not
         transfer across speakers and compounds over long closed-loop horizons.
+      frame_bound: closed-loop frames stay within this many training standard deviations of the
+        training mean, per dimension (or as far as the last observed frame, if farther;
+        :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only: the
+        likelihood, the closed-loop training term and the teacher-forced protocol (whose
+        predictions are never fed back) are unchanged.
     """
 
     hidden: int = 64
@@ -58,10 +69,15 @@ class GRUNFForecaster(ForecastModule):
     momentum: bool = True
     temperature: float = 1.0
     sign_invariant: bool = False
+    frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
     # The GRU's pass over the context is deterministic: encoding it once per window is exact.
     two_phase_sampling = True
+
+    def __post_init__(self):
+        check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
+        super().__post_init__()
 
     def setup(self):
         self.embed = nn.Dense(self.hidden, name="embed")
@@ -132,20 +148,22 @@ class GRUNFForecaster(ForecastModule):
         loss = nll
         if self.closed_loop_weight > 0:
             n, k = self.num_observed, self.closed_loop_samples
-            rollouts = self.sample(jnp.tile(x[:, :n], (k, 1, 1)), t - n, step_scale).reshape(k, b, t - n, d)
+            enc = self.encode(jnp.tile(x[:, :n], (k, 1, 1)), step_scale)
+            rollouts = self.rollout(enc, t - n, step_scale, bounded=False).reshape(k, b, t - n, d)
             es = closed_loop_energy(rollouts, x, n, step_scale)
             metrics["closed_loop_es"] = es
             loss = loss + self.closed_loop_weight * es
         return loss, metrics
 
-    def _rollout(self, state, top, context, horizon, step_scale, truth=None):
-        """From the GRU state after ``context [B, N, D]``, sample ``horizon`` frames; feed samples (or ``truth``) back."""
-        anchor = context[:, 0]
+    def _rollout(self, state, top, context, horizon, step_scale, truth=None, bound=None):
+        """From the GRU state after ``context [B, N, D]``, sample ``horizon`` frames; feed samples (or
+        ``truth``) back. ``bound``: each sampled frame is clipped (``bound_forecast_frame``); None: not."""
+        anchor, last_observed = context[:, 0], context[:, -1]
 
         def body(mdl, carry, inputs):
             state, top, prev, last_step = carry
             head = mdl.flow.sample(top, temperature=mdl.temperature) + mdl._shift(last_step)
-            frame = mdl._to_frame(prev, head, step_scale)
+            frame = bound_forecast_frame(mdl._to_frame(prev, head, step_scale), last_observed, bound)
             fed = frame if inputs is None else inputs
             state, top = mdl._gru_step(state, fed, prev, anchor, step_scale)
             return (state, top, fed, (fed - prev) / step_scale), frame
@@ -162,9 +180,11 @@ class GRUNFForecaster(ForecastModule):
         tops, state = self._encode(context, scale)
         return {"state": state, "top": tops[:, -1], "context": context[:, jnp.array([0, -2, -1])], "scale": scale}
 
-    def rollout(self, enc, horizon, step_scale):
-        """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]``."""
-        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"])
+    def rollout(self, enc, horizon, step_scale, bounded=True):
+        """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]``, kept within
+        ``frame_bound`` unless ``bounded=False`` (training's closed-loop term)."""
+        bound = self.frame_bound if bounded else None
+        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"], bound=bound)
 
     def sample(self, context, horizon, step_scale):
         """Closed loop from ``context [B, N, D]`` -> ``[B, M, D]``."""

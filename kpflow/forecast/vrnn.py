@@ -33,9 +33,9 @@ Two options shape the samples for long horizons (both on in the ``:cpu`` config)
 
 Sampling has two phases, each an ``nn.scan`` over submodules shared with training: ``encode`` runs
 the posterior over the observed frames once per window; ``rollout`` draws z from the prior and feeds
-the model's own outputs back (closed loop), and is ``vmap``-ed over sample keys by the wrapper. The
-labelled ``teacher_forced`` protocol of the authors' code instead feeds the true frame t after
-predicting it.
+the model's own outputs back (closed loop), each kept within the training data's region
+(``frame_bound``), and is ``vmap``-ed over sample keys by the wrapper. The labelled
+``teacher_forced`` protocol of the authors' code instead feeds the true frame t after predicting it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ForecastModule, context_step_scale, gaussian_kl, gaussian_nll
+from kpflow.forecast.base import (
+    ForecastModule,
+    bound_forecast_frame,
+    check_frame_bound,
+    context_step_scale,
+    gaussian_kl,
+    gaussian_nll,
+)
 from kpflow.forecast.cells import GRUCell, SplitDense, check_matmul_dtype, dense
 from kpflow.forecast.scoring import closed_loop_energy
 
@@ -87,8 +94,9 @@ class VRNNForecaster(ForecastModule):
         for others.
       mirror_samples: draw half of the samples and add their mirror images through the damped
         momentum path (for the equivariant model, the forecast with z = 0 throughout):
-        antithetic pairs, so the samples' mean is that path exactly, whatever drift the learned
-        dynamics add, and the law of the deviations from it is symmetric. Half the rollouts.
+        antithetic pairs, so the samples' mean is that path exactly (while ``frame_bound`` clips no
+        value), whatever drift the learned dynamics add, and the law of the deviations from it is
+        symmetric. Half the rollouts.
       decoder_temperature: scale of the decoder's Gaussian noise when forecasting: 1 samples it,
         0 takes its mean (all randomness then comes from z, which is shared by all keypoints, so
         samples stay coherent), values between trade calibration against sharpness; chosen on
@@ -117,6 +125,11 @@ class VRNNForecaster(ForecastModule):
         Chung et al.'s independent steps).
       fresh_forecast_latent: start the forecast's latent chain from its stationary N(0, 1) instead
         of the context's last (signed) latent, so no direction carries over through z.
+      frame_bound: closed-loop frames stay within this many training standard deviations of the
+        training mean, per dimension (or as far as the last observed frame, if farther;
+        :func:`~kpflow.forecast.base.bound_forecast_frame`); mirror images too. None: unbounded.
+        Sampling only: the ELBO, the closed-loop training term and the teacher-forced protocol
+        (whose predictions are never fed back) are unchanged.
       matmul_dtype: ``"bfloat16"`` multiplies matrices in bfloat16 with float32 accumulation
         (:mod:`kpflow.forecast.cells`); None: float32 throughout. Parameters are float32 either way,
         so a model trained in one runs in the other.
@@ -143,6 +156,7 @@ class VRNNForecaster(ForecastModule):
     latent_persistence: float = 0.0
     fresh_forecast_latent: bool = False
     equivariant: bool = False
+    frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
     two_phase_sampling = True
@@ -162,6 +176,7 @@ class VRNNForecaster(ForecastModule):
             raise ValueError(f"vrnn: latent_persistence must be in [0, 1) (an AR(1) coefficient), "
                              f"got {self.latent_persistence}")
         check_matmul_dtype(self.matmul_dtype)
+        check_frame_bound("vrnn", self.frame_bound)
         super().__post_init__()
 
     def setup(self):
@@ -250,10 +265,11 @@ class VRNNForecaster(ForecastModule):
         nll, kl = jnp.sum(gaussian_nll(target, mean, std), axis=-1), gaussian_kl(mq, sq, mp, sp)
         return self._advance(h, frame, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), (nll, kl)
 
-    def _forecast_step(self, carry, truth, anchor, scale, temperature):
+    def _forecast_step(self, carry, truth, anchor, scale, temperature, last_observed=None, bound=None):
         """Prior step: predict a frame; feed it back (closed loop) or feed ``truth`` (teacher forcing).
         ``temperature`` scales the prior's noise (with a persistent latent, its chain stays
-        stationary at N(0, temperature^2) in standardised units)."""
+        stationary at N(0, temperature^2) in standardised units). ``bound``: the frame is clipped
+        (:func:`~kpflow.forecast.base.bound_forecast_frame` around ``last_observed [B, D]``); None: not."""
         h, prev, last_step, eps_prev = carry
         mp, sp, mp0, sp0 = self._prior(h, eps_prev)
         z = mp + sp * temperature * jax.random.normal(self.make_rng("sample"), mp.shape, mp.dtype)
@@ -262,7 +278,7 @@ class VRNNForecaster(ForecastModule):
         if self.decoder_temperature > 0:
             eps = jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
             head = mean + self.decoder_temperature * std * eps
-        frame = self._to_frame(prev, head, scale)
+        frame = bound_forecast_frame(self._to_frame(prev, head, scale), last_observed, bound)
         fed = frame if truth is None else truth
         return self._advance(h, fed, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), frame
 
@@ -294,7 +310,7 @@ class VRNNForecaster(ForecastModule):
             b, t, d = x.shape
             state = self.encode(x[:, :n], step_scale)
             tiled = jax.tree_util.tree_map(lambda a: jnp.tile(a, (k,) + (1,) * (a.ndim - 1)), state)
-            rollouts = self.rollout(tiled, t - n, step_scale, temperature=1.0).reshape(k, b, t - n, d)
+            rollouts = self.rollout(tiled, t - n, step_scale, temperature=1.0, bounded=False).reshape(k, b, t - n, d)
             es = closed_loop_energy(rollouts, x, n, step_scale)
             metrics["closed_loop_es"] = es
             loss = loss + self.closed_loop_weight * es
@@ -314,11 +330,15 @@ class VRNNForecaster(ForecastModule):
             return None
         return jnp.asarray([temps[i % len(temps)] for i in range(num_draws)], jnp.float32)
 
-    def rollout(self, state, horizon, step_scale, truth=None, temperature=None):
+    def rollout(self, state, horizon, step_scale, truth=None, temperature=None, bounded=True):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with
         ``truth``); ``temperature`` defaults to ``latent_temperature`` (training passes 1). A mixture
-        of temperatures is drawn per sample: ``Forecaster`` passes each draw's (``draw_temperatures``)."""
+        of temperatures is drawn per sample: ``Forecaster`` passes each draw's (``draw_temperatures``).
+        Closed-loop frames are kept within ``frame_bound`` unless ``bounded=False`` (training's
+        closed-loop term); teacher-forced ones never are (nothing is fed back)."""
         anchor, scale, carry = state["anchor"], state["scale"], state["carry"]
+        # carry[1] is the last observed frame: the region is widened to it.
+        clip = {"last_observed": carry[1], "bound": self.frame_bound if bounded and truth is None else None}
         tau = self.latent_temperature if temperature is None else temperature
         if isinstance(tau, tuple):  # a configuration mistake, not a wrong argument type
             msg = (f"vrnn: latent_temperature {tau} is a mixture, drawn per sample; pass this draw's "
@@ -331,11 +351,11 @@ class VRNNForecaster(ForecastModule):
         # The first step runs before the scan. Its state is the encoded context's, the same for every
         # sample, so under the sampler's vmap its state-side products (the prior, the GRU's recurrent
         # products, the state's part of the decoder) are computed once, not once per sample.
-        carry, first = self._forecast_step(carry, None if truth is None else truth[:, 0], anchor, scale, tau)
+        carry, first = self._forecast_step(carry, None if truth is None else truth[:, 0], anchor, scale, tau, **clip)
         if horizon == 1:
             return first[:, None]
         if truth is None:
-            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale, tau)
+            body = lambda m, c, _: m._forecast_step(c, None, anchor, scale, tau, **clip)
             _, frames = self._scan(body, carry, None, length=horizon - 1)
         else:
             body = lambda m, c, f: m._forecast_step(c, f, anchor, scale, tau)
@@ -344,7 +364,8 @@ class VRNNForecaster(ForecastModule):
 
     def mirror_center(self, state, horizon):
         """The damped momentum path ``[B, M, D]`` from ``encode``'s state: steps ``rho^k`` times the
-        last observed step (hold-last without momentum); ``mirror_samples`` mirrors through it."""
+        last observed step (hold-last without momentum); ``mirror_samples`` mirrors through it (the
+        wrapper bounds the mirror images by ``frame_bound`` as the rollout bounds the draws)."""
         _, prev, last_step, _ = state["carry"]
         if not (self.momentum and self.residual):
             return jnp.broadcast_to(prev[:, None], (prev.shape[0], horizon, prev.shape[-1]))
