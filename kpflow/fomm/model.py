@@ -75,6 +75,17 @@ def init_variables(nets: Networks, rng: jax.Array, frame_shape, with_discriminat
 
     # One compiled program: run op by op, initialising the networks dispatches hundreds of small
     # computations (minutes for the tiny FOMM on a CPU). Inside a caller's jit it is simply inlined.
+    # Compiled once per architecture and frame shape (networks equal in repr are the same networks).
+    key = (repr(nets), h, w, c, bool(with_discriminator))
+    if key not in _COMPILED_INITS:
+        _COMPILED_INITS[key] = _compile_init(nets, h, w, c, with_discriminator)
+    return jax.tree.map(jnp.asarray, _COMPILED_INITS[key](rng))
+
+
+_COMPILED_INITS: dict = {}
+
+
+def _compile_init(nets: Networks, h: int, w: int, c: int, with_discriminator: bool):
     @jax.jit
     def init(rng):
         frames = jnp.zeros((1, h, w, c), jnp.float32)
@@ -87,7 +98,7 @@ def init_variables(nets: Networks, rng: jax.Array, frame_shape, with_discriminat
             variables["discriminator"] = nets.discriminator.init(k_disc, pyramid, kp)
         return jax.tree.map(lambda x: x, variables)
 
-    return jax.tree.map(jnp.asarray, init(rng))
+    return init
 
 
 def _key(scale) -> str:
