@@ -90,6 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "scored; it also gets single-loss recovery times (none: skip both)")
     p.add_argument("--burst", type=float, default=3.0, help="mean length of a loss run (1: independent losses)")
     p.add_argument("--loss_seed", type=int, default=0, help="seed of the loss patterns")
+    p.add_argument("--predictor", nargs="+", default=[], metavar="WORKDIR",
+                   help="trained forecaster workdir(s) (train.forecaster): the codec is also run with each as its "
+                        "predictor, every point again with the policy suffixed by the model's name (kpflow_threshold_vrnn)")
+    p.add_argument("--predictor_gain", type=float, default=None,
+                   help="share of the forecast step the predictor uses, 0..1 (default: fitted on the fitting clips at "
+                        "the hold-last operating point; kpflow.forecast.predictor.fit_gain)")
     p.add_argument("--render", default="nearest", choices=RENDER_CHOICES,
                    help="with --fomm: which points are rendered (nearest: the papers' two and, per policy, the point "
                         "nearest the half-forecast keypoint MAE; all: every point)")
@@ -106,6 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 <= a.intra_period <= SEQ_MODULO or not 1 <= a.max_gap <= SEQ_MODULO:
         p.error(f"--intra_period must be 0..{SEQ_MODULO} and --max_gap 1..{SEQ_MODULO} frames; "
                 f"got {a.intra_period} and {a.max_gap}")
+    if a.predictor_gain is not None and not 0 <= a.predictor_gain <= 1:
+        p.error(f"--predictor_gain must be in [0, 1]; got {a.predictor_gain}")
     for rate in a.loss_rates:
         try:
             check_loss(rate, a.burst)
@@ -234,12 +242,13 @@ def order0_point(series: list[np.ndarray], step: float) -> tuple[dict, list[np.n
             "mae_raw": float(np.mean(np.concatenate(errors)))}, recs
 
 
-def codec_point(series: list[np.ndarray], params, policy: str, **kwargs) -> tuple[dict, list[np.ndarray]]:
+def codec_point(series: list[np.ndarray], params, policy: str, predict=None, **kwargs) -> tuple[dict, list[np.ndarray]]:
     from kpflow import codec
 
+    predict = codec.hold_last if predict is None else predict
     total, header, packets, intra, errors, recs = 0, 0, 0, 0, [], []
     for s in series:
-        out = codec.transmit(s, params, policy=policy, fps=FPS, **kwargs)
+        out = codec.transmit(s, params, predict, policy=policy, fps=FPS, **kwargs)
         total += out["bytes"]
         header += out["header_bytes"]
         packets += out["packets"]
@@ -262,25 +271,28 @@ def sender_settings(a: argparse.Namespace, threshold: float | None) -> dict:
     return sender
 
 
-def fitted_params(a: argparse.Namespace, fit: list[np.ndarray], point: dict):
+def fitted_params(a: argparse.Namespace, fit: list[np.ndarray], point: dict, predict=None):
     """The codec parameters of a point (its ``step``, ``policy`` and ``threshold``), fitted on the fitting
-    clips only (the scored ones stay unseen), then refitted to what that policy sends there."""
+    clips only (the scored ones stay unseen), then refitted to what that policy sends there; with
+    ``predict`` (a predictor) instead of hold-last."""
     from kpflow import codec
 
-    sender = sender_settings(a, point.get("threshold") if point.get("policy", "threshold") != "every_frame" else None)
+    predict = codec.hold_last if predict is None else predict
+    every = point.get("policy", "threshold").startswith("kpflow_every_frame") or point.get("policy") == "every_frame"
+    sender = sender_settings(a, None if every else point.get("threshold"))
     try:
-        base = codec.CodecParams.fit(fit, point["step"], basis=a.basis, deadzone=a.deadzone)
+        base = codec.CodecParams.fit(fit, point["step"], predict, basis=a.basis, deadzone=a.deadzone)
     except ValueError as e:
         raise UsageError(one_line(e)) from None
-    return base.fit_to_policy(fit, **sender)
+    return base.fit_to_policy(fit, predict, **sender)
 
 
-def operating_point(points: list[dict]) -> dict | None:
-    """The kpflow_threshold point that the loss scores go to: the cheapest at the papers' keypoint MAE
-    (else the most accurate one)."""
+def operating_point(points: list[dict], policy: str = "kpflow_threshold") -> dict | None:
+    """The ``policy`` point that the loss scores go to: the cheapest at the papers' keypoint MAE (else
+    the most accurate one)."""
     paper = next(p for p in points if p["policy"] == "paper_fp32_half_forecast")
-    best = best_at(points, "kpflow_threshold", paper["mae_raw"])
-    candidates = [p for p in points if p["policy"] == "kpflow_threshold"]
+    best = best_at(points, policy, paper["mae_raw"])
+    candidates = [p for p in points if p["policy"] == policy]
     return best or (min(candidates, key=lambda p: p["mae_raw"]) if candidates else None)
 
 
@@ -303,21 +315,75 @@ def rate_distortion(a: argparse.Namespace, fit: list[np.ndarray], scored: list[n
     return points
 
 
-def score_losses(point: dict, params, scored: list[np.ndarray], a: argparse.Namespace) -> None:
+def load_predictors(a: argparse.Namespace, dim: int) -> list:
+    """The ``--predictor`` workdirs as :class:`~kpflow.forecast.predictor.ForecastPredictor` (gain 1 until
+    fitted), each with a distinct name; one-line errors for a missing or mismatched workdir."""
+    from kpflow.forecast.predictor import ForecastPredictor
+    from kpflow.runs import check_forecaster_fits, load_forecaster
+
+    predictors, names = [], set()
+    for workdir in a.predictor:
+        trained = load_forecaster(workdir, flag="--predictor")
+        f = trained.forecaster
+        check_forecaster_fits(trained, dim, f.num_observed, f.horizon, flag="--predictor")
+        name = f.name
+        while name in names:  # two workdirs of one model: vrnn, vrnn_2
+            name = f"{f.name}_{len(names) + 1}"
+        names.add(name)
+        predictors.append(ForecastPredictor(f, trained.variables, step=min(a.steps), name=name))
+    return predictors
+
+
+def predictor_points(a: argparse.Namespace, fit: list[np.ndarray], scored: list[np.ndarray], predictor,
+                     hold_last_operating: dict | None) -> list[tuple[dict, list]]:
+    """Every codec point of the sweep again with ``predictor`` as the codec's predictor (policy names
+    suffixed ``_<name>``). Its gain is ``--predictor_gain`` or fitted on the fitting clips at the
+    hold-last operating point's step and threshold (kpflow.forecast.predictor.fit_gain)."""
+    from kpflow.forecast.predictor import fit_gain
+
+    gain_fit = None
+    if a.predictor_gain is not None:
+        gain = a.predictor_gain
+    else:
+        ref = hold_last_operating or {"step": a.steps[0], "threshold": a.thresholds[0]}
+        fitted, gain_fit = fit_gain(predictor, fit, ref["step"], sender_settings(a, ref["threshold"]))
+        gain = fitted.gain
+    points = []
+    jobs = list(itertools.product(a.steps, [None, *a.thresholds]))
+    for step, threshold in progress(jobs, desc=f"rate-distortion ({predictor.name})", unit="point"):
+        predict = predictor.replace(gain=gain, step=step)
+        sender = sender_settings(a, threshold)
+        params = fitted_params(a, fit, {"step": step, **sender}, predict)
+        p, recs = codec_point(scored, params, predict=predict, **sender)
+        info = {"predictor": predictor.name, "gain": gain, **({"gain_fit": gain_fit} if gain_fit else {})}
+        setting = {"step": step, "basis": a.basis, "deadzone": a.deadzone}
+        if threshold is None:
+            points.append(({"policy": f"kpflow_every_frame_{predictor.name}", **setting, **p, **info}, recs))
+        else:
+            points.append(({"policy": f"kpflow_threshold_{predictor.name}", **setting, "threshold": threshold, **p,
+                            **info}, recs))
+        points[-1][0]["_predict"] = predict  # for the loss scores; dropped before writing
+    return points
+
+
+def score_losses(point: dict, params, scored: list[np.ndarray], a: argparse.Namespace, predict=None,
+                 memory: int = 1) -> None:
     """Add to ``point`` (a kpflow_threshold point, fitted ``params``) how it fares under loss.
 
     ``single_loss_recovery``: over every packet of every scored clip, dropped alone, the frames until
     the receiver shows what a lossless one shows (``kpflow.codec.loss_recovery``; a trial that never
     recovers counts the frames to the clip's end). ``loss``: per rate of ``--loss_rates``, bursty
     losses (``--burst``) drawn per clip from ``--loss_seed``: keypoint MAE over all frames and over
-    the frames whose packet was lost.
+    the frames whose packet was lost. ``predict``: the codec's predictor (hold-last by default), which
+    reads the last ``memory`` frames.
     """
     from kpflow import codec
 
+    predict = codec.hold_last if predict is None else predict
     sender = {"policy": "threshold", "threshold": point["threshold"], "intra_period": a.intra_period, "max_gap": a.max_gap}
     frames, recovered = [], []
     for s in progress(scored, desc="single-loss recovery", unit="clip", leave=False):
-        f, ok = codec.loss_recovery(s, params, **sender)
+        f, ok = codec.loss_recovery(s, params, predict, memory=memory, **sender)
         frames.append(f)
         recovered.append(ok)
     frames, recovered = np.concatenate(frames), np.concatenate(recovered)
@@ -331,7 +397,7 @@ def score_losses(point: dict, params, scored: list[np.ndarray], a: argparse.Name
     for rate in a.loss_rates:
         errors, lost_errors = [], []
         for s in scored:
-            out = codec.transmit(s, params, lost_packets=loss_pattern(len(s), rate, a.burst, rng), **sender)
+            out = codec.transmit(s, params, predict, lost_packets=loss_pattern(len(s), rate, a.burst, rng), **sender)
             err = np.abs(out["reconstruction"] - s)
             errors.append(err.ravel())
             lost_errors.append(err[out["lost"]].ravel())
@@ -351,7 +417,8 @@ def points_to_render(points: list[dict], which: str = "nearest") -> list[int]:
     index = {p["policy"]: i for i, p in enumerate(points) if p["policy"].startswith("paper")}
     target = points[index["paper_fp32_half_forecast"]]["mae_raw"]
     chosen = [index["paper_fp32"], index["paper_fp32_half_forecast"]]
-    for policy in COMPARED_POLICIES:
+    predicted = sorted({p["policy"] for p in points if "predictor" in p})
+    for policy in (*COMPARED_POLICIES, *predicted):
         candidates = [i for i, p in enumerate(points) if p["policy"] == policy]
         if candidates:
             chosen.append(min(candidates, key=lambda i: (abs(points[i]["mae_raw"] - target), points[i]["kbps"])))
@@ -472,12 +539,22 @@ def run(args: argparse.Namespace, skips=None) -> list[dict]:
     if min(args.steps) < finest_step(fit):
         raise UsageError(f"--steps {min(args.steps):g} is too fine for the data's range; use steps of at least "
                          f"{finest_step(fit):.2g}")
+    predictors = load_predictors(args, fit[0].shape[1]) if args.predictor else []
     results = rate_distortion(args, fit, scored)
+    operating = operating_point([p for p, _ in results])
+    for predictor in predictors:
+        results += predictor_points(args, fit, scored, predictor, operating)
     points = [p for p, _ in results]
-    operating = operating_point(points)
     if args.loss_rates and operating is not None:
         params = fitted_params(args, fit, operating)
         score_losses(operating, params, scored, args)
+    for predictor in predictors:
+        op = operating_point(points, f"kpflow_threshold_{predictor.name}")
+        if args.loss_rates and op is not None:
+            predict = op["_predict"]
+            score_losses(op, fitted_params(args, fit, op, predict), scored, args, predict, memory=predict.context)
+    for p in points:
+        p.pop("_predict", None)
     if args.videos:
         add_pixel_errors(points, [r for _, r in results], points_to_render(points, args.render), frames, scored, fomm,
                          args.chunk_size)
@@ -511,13 +588,15 @@ def write_and_report(args: argparse.Namespace, points: list[dict]) -> None:
     plot(out.with_suffix(".png"), points)
     paper = next(p for p in points if p["policy"] == "paper_fp32_half_forecast")
     print(f"papers' 6 sent + 6 held, FP32: {paper['kbps']:.1f} kbps at MAE {paper['mae_raw']:.4f}")
-    for policy in COMPARED_POLICIES:
+    predicted = sorted({p["policy"] for p in points if "predictor" in p})
+    for policy in (*COMPARED_POLICIES, *predicted):
         b = best_at(points, policy, paper["mae_raw"])
         line = "no point at that MAE" if b is None else (
             f"{b['kbps']:.2f} kbps at MAE {b['mae_raw']:.4f} ({describe(b)}"
+            + (f", gain {b['gain']:g}" if "gain" in b else "")
             + (f"; headers {b['header_kbps']:.2f} kbps, {b['packets_per_second']:.1f} packets/s" if "header_kbps" in b else "")
             + ")")
-        print(f"  {policy:<20} {line}")
+        print(f"  {policy:<26} {line}")
     for p in points:
         if "single_loss_recovery" in p:
             r = p["single_loss_recovery"]

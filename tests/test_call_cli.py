@@ -54,7 +54,7 @@ def one_error_line(capsys) -> str:
     return err
 
 
-def test_bad_input_is_one_line(fomm_and_video, tmp_path, capsys):
+def test_bad_input_is_one_line(fomm_and_video, tiny_run, tmp_path, capsys):
     fomm, video, _ = fomm_and_video
     base = ["loopback", "--fomm", str(fomm), "--video", str(video)]
     cases = [
@@ -67,6 +67,10 @@ def test_bad_input_is_one_line(fomm_and_video, tmp_path, capsys):
         (["send", "--to", "http://127.0.0.1:9", "--token", "x", "--fomm", str(fomm), "--video", str(video),
           "--codec_fit", str(tmp_path / "nowhere")], "nowhere"),
         (["loopback", "--fomm", str(fomm)], "--video"),
+        ([*base, "--forecaster", str(tmp_path / "no_run")], "--forecaster"),
+        ([*base, "--forecaster", str(tiny_run.workdir), "--predictor_gain", "2"], "--predictor_gain"),
+        ([*base, "--forecaster", str(tiny_run.workdir)], "numbers per frame"),  # 2 keypoints, not this FOMM's
+        (["receive", "--fomm", str(fomm), "--forecaster", str(tmp_path / "no_run")], "--forecaster"),
     ]
     for argv, needle in cases:
         try:

@@ -77,19 +77,23 @@ def bound(params, policy=POLICY):
 
 
 def call(setup, tmp_path, *, frames=None, lag=2, impairment=None, clean_from=None, before_step=None,
-         vanish_after=None, reference_pixels=False, status_every_s=0.0, peer_timeout_s=0.2, source=None):
-    """One call driven frame by frame -> (sender, receiver, stats, shown frames, reference)."""
+         vanish_after=None, reference_pixels=False, status_every_s=0.0, peer_timeout_s=0.2, source=None,
+         predict=None, params=None):
+    """One call driven frame by frame -> (sender, receiver, stats, shown frames, reference).
+    ``predict``/``params``: the codec's predictor and its parameters (default hold-last, setup's)."""
     frames = setup["frames"] if frames is None else frames
+    params = setup["params"] if params is None else params
+    ends = {} if predict is None else {"predict": predict, "predictor_fingerprint": "test-predictor"}
     shown, reference, requests = [], KeepingReference(), []
 
     async def main():
         a, b = MemoryLink.pair()
-        sender = CallSender(a, setup["fomm"], setup["params"], fps=FPS, policy=POLICY, impairment=impairment,
-                            reference=reference, status_every_s=status_every_s, fingerprint=setup["fingerprint"])
+        sender = CallSender(a, setup["fomm"], params, fps=FPS, policy=POLICY, impairment=impairment,
+                            reference=reference, status_every_s=status_every_s, fingerprint=setup["fingerprint"], **ends)
         receiver = CallReceiver(b, setup["fomm"], out=tmp_path / "call.mp4", stats_path=tmp_path / "stats.json",
                                 on_frame=shown.append, reference=reference, reference_pixels=reference_pixels,
                                 renderer=setup["renderer"], fingerprint=setup["fingerprint"],
-                                peer_timeout_s=peer_timeout_s)
+                                peer_timeout_s=peer_timeout_s, **ends)
         send_control = b.send_control
 
         async def record_requests(message):  # the receiver's frame when it asks for a keyframe
@@ -126,9 +130,9 @@ def call(setup, tmp_path, *, frames=None, lag=2, impairment=None, clean_from=Non
     return sender, receiver, stats, shown, reference
 
 
-def direct_codec(params, keypoints, policy=POLICY):
+def direct_codec(params, keypoints, policy=POLICY, predict=codec.hold_last):
     """What kpflow.codec alone shows for these keypoints, every packet delivered."""
-    s, r = codec.Sender(params, **policy), codec.Receiver(params)
+    s, r = codec.Sender(params, predict, **policy), codec.Receiver(params, predict)
     return np.stack([r.step(s.step(x)) for x in keypoints])
 
 
@@ -168,6 +172,31 @@ def test_clean_call_shows_every_frame_once_and_matches_the_codec_bit_for_bit(set
     assert receiver.latest_frame() is shown[-1].image
     # In sync the whole call: every frame within the codec's bound of what the detector saw.
     assert np.max(np.mean(np.abs(expected - detected), axis=1)) <= bound(setup["params"])
+
+
+def test_a_forecaster_predictor_on_both_ends_matches_the_codec_bit_for_bit(setup, tmp_path):
+    import jax
+
+    from kpflow.forecast import create
+    from kpflow.forecast.predictor import ForecastPredictor
+    from kpflow.keypoints import CausalScaler
+
+    series = [sess_series(setup["fomm"], f) for f in (setup["frames"], clip(1, 40), clip(2, 40))]
+    f = create("gru", dim=series[0].shape[1], num_observed=4, horizon=2, hidden=8, deterministic=True)
+    variables = f.init(jax.random.PRNGKey(0), np.stack([s[:6] for s in series]), CausalScaler.fit(series))
+    # Weights that move: the untrained head predicts a zero step (hold-last).
+    variables = jax.tree_util.tree_map(lambda a: a + 0.05 * np.sin(np.arange(a.size).reshape(a.shape)), variables)
+    predict = ForecastPredictor(f, variables, step=STEP)
+    params = sess.fit_codec(series, step=STEP, predict=predict, policy=POLICY)
+    _, _, stats, shown, reference = call(setup, tmp_path, predict=predict, params=params)
+    n = len(setup["frames"])
+    assert [s.index for s in shown] == list(range(n))
+    detected = np.stack([reference.kept[t].keypoints for t in range(n)])
+    keypoints = np.stack([s.keypoints for s in shown])
+    assert np.array_equal(keypoints, direct_codec(params, detected, predict=predict))
+    # the forecaster, not hold-last, filled the frames without a packet
+    assert not np.array_equal(keypoints, direct_codec(params, detected))
+    assert stats["keypoint_mae_raw"] <= bound(params)
 
 
 def test_transfer_mode_animates_another_source_by_relative_motion(setup, tmp_path):

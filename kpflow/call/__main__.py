@@ -3,7 +3,7 @@
     python -m kpflow.call receive --fomm DIR --port 8080 [--out call.mp4] [--stats s.json]
     python -m kpflow.call send --to http://HOST:8080 --token TOKEN --fomm DIR --video V [--source IMG]
     python -m kpflow.call loopback --fomm DIR --video V [--frames N] [--loss 0.1 --burst 3] \\
-        --out call.mp4 --stats s.json
+        [--forecaster WORKDIR] --out call.mp4 --stats s.json
 
 The receiver prints its URL and token; the sender needs both. Signalling binds 127.0.0.1 unless
 ``--host`` says otherwise. The viewer page is at the receiver's URL. See ``docs/call.md``.
@@ -20,7 +20,15 @@ from kpflow.cli import OneLineArgumentParser, UsageError, one_line, run_cli
 PROG = "python -m kpflow.call"
 
 
+def _predictor(p) -> None:
+    p.add_argument("--forecaster", default="", help="a train.forecaster workdir: the codec's predictor on both ends "
+                                                    "(both must load the same; default hold-last)")
+    p.add_argument("--predictor_gain", type=float, default=1.0,
+                   help="share of the forecaster's step used (0..1; python -m eval.codec --predictor fits it)")
+
+
 def _codec_and_impairment(p) -> None:
+    _predictor(p)
     g = p.add_argument_group("codec")
     g.add_argument("--codec_fit", default="", help="clips (.npz) or videos to fit the codec on (default: the first "
                                                    "seconds of the video)")
@@ -51,6 +59,7 @@ def parse_args(argv: Sequence[str] | None = None):
     r.add_argument("--peer_timeout_s", type=float, default=3.0, help="a silent peer is gone after this long")
     r.add_argument("--out", default="", help="write the call as shown to this mp4")
     r.add_argument("--stats", default="", help="write the statistics to this JSON")
+    _predictor(r)
     s = sub.add_parser("send", help="stream a video's keypoints to a receiver")
     s.add_argument("--to", required=True, help="the receiver's URL, http://HOST:PORT")
     s.add_argument("--token", required=True, help="the token the receiver printed")
@@ -108,18 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "receive":
             coroutine = app.receive(fomm_dir=args.fomm, port=args.port, host=args.host, token=args.token,
                                     playout_ms=args.playout_ms, out=args.out or None, stats=args.stats or None,
-                                    peer_timeout_s=args.peer_timeout_s)
+                                    peer_timeout_s=args.peer_timeout_s, forecaster=args.forecaster or None,
+                                    predictor_gain=args.predictor_gain)
         elif args.command == "send":
             coroutine = app.send(to=args.to, token=args.token, fomm_dir=args.fomm, video=_video(args),
                                  source=args.source or None, codec_fit=args.codec_fit or None, fps=args.fps,
                                  realtime=not args.as_fast_as_possible, policy=_policy(args),
-                                 impairment=_impairment(args))
+                                 impairment=_impairment(args), forecaster=args.forecaster or None,
+                                 predictor_gain=args.predictor_gain)
         else:
             coroutine = app.loopback(fomm_dir=args.fomm, video=_video(args), source=args.source or None,
                                      codec_fit=args.codec_fit or None, frames=args.frames, fps=args.fps,
                                      playout_ms=args.playout_ms, out=args.out or None, stats=args.stats or None,
                                      policy=_policy(args), impairment=_impairment(args),
-                                     realtime=not args.as_fast_as_possible, viewer_port=args.viewer_port)
+                                     realtime=not args.as_fast_as_possible, viewer_port=args.viewer_port,
+                                     forecaster=args.forecaster or None, predictor_gain=args.predictor_gain)
         try:
             asyncio.run(coroutine)
         except KeyboardInterrupt:

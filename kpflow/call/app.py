@@ -29,6 +29,30 @@ def load_ends(fomm_dir: str):
     return load_fomm(fomm_dir, "--fomm")
 
 
+def load_predictor(workdir: str | None, fomm, gain: float = 1.0):
+    """The codec's predictor and its fingerprint: hold-last (``workdir`` None), or the forecaster in
+    ``workdir`` (:class:`kpflow.forecast.predictor.ForecastPredictor` at ``gain``). Both ends must load
+    the same: the fingerprint covers the weights, the config, the gain and the grid."""
+    from kpflow import codec
+    from kpflow.call import session as sess
+
+    if not workdir:
+        return codec.hold_last, sess.HOLD_LAST
+    from kpflow.forecast.predictor import ForecastPredictor
+    from kpflow.runs import check_forecaster_fits, load_forecaster
+
+    if not 0 <= gain <= 1:
+        raise UsageError(f"--predictor_gain must be in [0, 1] (0: hold-last, 1: the forecaster's step); got {gain}")
+    trained = load_forecaster(workdir, flag="--forecaster")
+    f = trained.forecaster
+    check_forecaster_fits(trained, 6 * fomm.num_kp, f.num_observed, f.horizon, flag="--forecaster")
+    if f.num_observed > sess.CONTEXT_FRAMES:
+        raise UsageError(f"--forecaster {workdir!r} reads {f.num_observed} frames; a call keeps {sess.CONTEXT_FRAMES}")
+    predictor = ForecastPredictor(f, trained.variables, step=sess.DEFAULT_STEP, gain=gain)
+    fingerprint = sess.forecaster_fingerprint(trained.config, trained.variables)
+    return predictor, f"{fingerprint[:8]}{predictor.fingerprint()[:8]}"
+
+
 def _check_output(path: str | None, flag: str) -> None:
     if path:
         from kpflow.io import check_output_path
@@ -47,20 +71,23 @@ def open_frames(fomm, video: str, fps: float | None = None):
         raise UsageError(one_line(e)) from None
 
 
-def codec_params(fomm, video: str, codec_fit: str | None, fps: float | None, policy: dict):
-    """The sender's codec parameters: fitted on ``codec_fit`` (clips or videos of other speakers), or
-    else on the first seconds of ``video`` itself (read once more, then sent from its start)."""
+def codec_params(fomm, video: str, codec_fit: str | None, fps: float | None, policy: dict, predict=None):
+    """The sender's codec parameters (for the predictor ``predict``; default hold-last): fitted on
+    ``codec_fit`` (clips or videos of other speakers), or else on the first seconds of ``video``
+    itself (read once more, then sent from its start)."""
+    from kpflow import codec
     from kpflow.call import session as sess
 
+    predict = codec.hold_last if predict is None else predict
     try:
         if codec_fit:
-            return sess.default_codec_params(fomm, fit_dir=codec_fit, policy=policy)
+            return sess.default_codec_params(fomm, fit_dir=codec_fit, policy=policy, predict=predict)
         source = open_frames(fomm, video, fps)
         count = max(2, round(sess.DEFAULT_FIT_SECONDS * source.fps))
         frames = [f for _, f in zip(range(count), source.frames)]
         if len(frames) < 2:
             raise UsageError(f"{video} has fewer than 2 frames: nothing to fit the codec on (give --codec_fit DIR)")
-        return sess.default_codec_params(fomm, first_frames=np.stack(frames), policy=policy)
+        return sess.default_codec_params(fomm, first_frames=np.stack(frames), policy=policy, predict=predict)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
 
@@ -90,14 +117,17 @@ def _print(message: str) -> None:
 
 async def receive(*, fomm_dir: str, port: int = 0, host: str = "127.0.0.1", token: str | None = None,
                   playout_ms: float = 100.0, out: str | None = None, stats: str | None = None,
-                  peer_timeout_s: float = 3.0, viewer: bool = True) -> dict:
-    """Wait for one call, animate it until it ends; -> the receiver's statistics."""
+                  peer_timeout_s: float = 3.0, viewer: bool = True, forecaster: str | None = None,
+                  predictor_gain: float = 1.0) -> dict:
+    """Wait for one call, animate it until it ends; -> the receiver's statistics. ``forecaster``: a
+    workdir whose model predicts what packets do not carry (the sender's own; default hold-last)."""
     from kpflow.call.receiver import CallReceiver
     from kpflow.call.transport import CallError, CallServer
 
     _check_output(out, "--out")
     _check_output(stats, "--stats")
     fomm = load_ends(fomm_dir)
+    predict, predictor_fingerprint = load_predictor(forecaster, fomm, predictor_gain)
     holder: dict = {}
     server = CallServer(token, host=host, port=port, heartbeat_timeout=peer_timeout_s)
     if viewer:
@@ -112,7 +142,8 @@ async def receive(*, fomm_dir: str, port: int = 0, host: str = "127.0.0.1", toke
             _print(f"viewer: {server.url}/")
         link = await server.accept()
         receiver = CallReceiver(link, fomm, playout_ms=playout_ms, out=out, stats_path=stats,
-                                peer_timeout_s=peer_timeout_s)
+                                peer_timeout_s=peer_timeout_s, predict=predict,
+                                predictor_fingerprint=predictor_fingerprint)
         holder["receiver"] = receiver
         result = await _run_receiver(receiver)
     finally:
@@ -132,22 +163,26 @@ async def _run_receiver(receiver) -> dict:
 
 async def send(*, to: str, token: str, fomm_dir: str, video: str, source: str | None = None,
                codec_fit: str | None = None, fps: float | None = None, realtime: bool = True,
-               policy: dict | None = None, impairment=None) -> dict:
-    """Stream ``video`` to the receiver at ``to``; -> the sender's statistics."""
+               policy: dict | None = None, impairment=None, forecaster: str | None = None,
+               predictor_gain: float = 1.0) -> dict:
+    """Stream ``video`` to the receiver at ``to``; -> the sender's statistics. ``forecaster``: the
+    codec's predictor (:func:`load_predictor`; the receiver must load the same)."""
     from kpflow.call import session as sess
     from kpflow.call.sender import CallSender
     from kpflow.call.transport import CallError, connect
 
     fomm = load_ends(fomm_dir)
+    predict, predictor_fingerprint = load_predictor(forecaster, fomm, predictor_gain)
     policy = sess.codec_policy(**(policy or {}))
-    params = codec_params(fomm, video, codec_fit, fps, policy)
+    params = codec_params(fomm, video, codec_fit, fps, policy, predict)
     frames = open_frames(fomm, video, fps)
     image = _source_image(source, fomm)
     try:
         link = await connect(to, token)
     except CallError as e:
         raise UsageError(str(e)) from None
-    sender = CallSender(link, fomm, params, fps=frames.fps, policy=policy, impairment=impairment)
+    sender = CallSender(link, fomm, params, fps=frames.fps, policy=policy, impairment=impairment, predict=predict,
+                        predictor_fingerprint=predictor_fingerprint)
     try:
         stats = await sender.run(frames.frames, realtime=realtime, live=frames.live, source=image)
     except (sess.SessionRefused, sess.SetupFailed, ValueError) as e:
@@ -160,7 +195,8 @@ async def send(*, to: str, token: str, fomm_dir: str, video: str, source: str | 
 async def loopback(*, fomm_dir: str, video: str, source: str | None = None, codec_fit: str | None = None,
                    frames: int = 0, fps: float | None = None, playout_ms: float = 100.0, out: str | None = None,
                    stats: str | None = None, policy: dict | None = None, impairment=None,
-                   realtime: bool = True, viewer_port: int | None = None, on_started=None) -> dict:
+                   realtime: bool = True, viewer_port: int | None = None, on_started=None,
+                   forecaster: str | None = None, predictor_gain: float = 1.0) -> dict:
     """Both ends in this process over a real local WebRTC connection; -> the receiver's statistics.
 
     ``frames`` > 0 sends only the first that many frames. ``viewer_port``: also serve the viewer
@@ -180,8 +216,9 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
     _check_output(out, "--out")
     _check_output(stats, "--stats")
     fomm = load_ends(fomm_dir)
+    predict, predictor_fingerprint = load_predictor(forecaster, fomm, predictor_gain)
     policy = sess.codec_policy(**(policy or {}))
-    params = codec_params(fomm, video, codec_fit, fps, policy)
+    params = codec_params(fomm, video, codec_fit, fps, policy, predict)
     source_frames = open_frames(fomm, video, fps)
     stream = itertools.islice(source_frames.frames, frames) if frames else source_frames.frames
     image = _source_image(source, fomm)
@@ -199,10 +236,11 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
         sender_link = await connect(server.url, server.token)
         receiver_link = await accepted
         receiver = CallReceiver(receiver_link, fomm, playout_ms=playout_ms, out=out, stats_path=stats,
-                                reference=reference, reference_pixels=True, renderer=FrameRenderer(fomm))
+                                reference=reference, reference_pixels=True, renderer=FrameRenderer(fomm),
+                                predict=predict, predictor_fingerprint=predictor_fingerprint)
         holder["receiver"] = receiver
         sender = CallSender(sender_link, fomm, params, fps=source_frames.fps, policy=policy, impairment=impairment,
-                            reference=reference)
+                            reference=reference, predict=predict, predictor_fingerprint=predictor_fingerprint)
         receiving = asyncio.ensure_future(_run_receiver(receiver))
         if on_started is not None:
             on_started(server.url)

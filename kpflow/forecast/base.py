@@ -77,6 +77,12 @@ class ForecastModule(nn.Module):
         """``x [B, N+M, D]`` scaled -> ``[B, M, D]``: step t predicted after feeding true frames < t."""
         raise NotImplementedError(f"{type(self).__name__} is not recurrent: it has no teacher-forced protocol")
 
+    def point_forecast(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]`` scaled -> the model's deterministic forecast ``[B, M, D]``: its path with
+        every noise at zero (a decoder's mean, a flow's image of zero noise, damped momentum). No
+        sampling: the same context gives the same frames, whatever rng is passed."""
+        raise NotImplementedError(f"{type(self).__name__} has no deterministic forecast")
+
     def draw_temperatures(self, num_draws: int):
         """Per-draw sampling temperatures ``[num_draws]``, passed to ``rollout`` and ``teacher_forced`` as
         ``temperature=``, for a module whose samples mix several temperatures; None (the default):
@@ -205,6 +211,18 @@ class Forecaster:
             # The image of a bounded draw can leave the region (the centre path is not bounded).
             images = bound_forecast_frame(2 * center - out, z[:, -1:], getattr(self.module, "frame_bound", None))
             out = jnp.concatenate([out, images])[:num_samples]
+        return scaler.inverse(out)
+
+    def point_forecast(self, variables: Variables, context: jnp.ndarray, horizon: int) -> jnp.ndarray:
+        """``context [B, N, D]`` raw -> the deterministic forecast ``[B, M, D]`` raw
+        (:meth:`ForecastModule.point_forecast`): what a codec's predictor runs on both ends of a call."""
+        if not type(self.module).any_horizon and horizon != self.horizon:
+            raise ValueError(f"{self.name} forecasts exactly {self.horizon} frames (its trained horizon); got {horizon}")
+        scaler = self.scaler_of(variables)
+        z = scaler.transform(context)
+        # Paths that draw noise only to scale it by zero still ask for a key: a fixed one.
+        out = self.module.apply(self._module_variables(variables), z, horizon, scaler.step_scale,
+                                rngs={"sample": jax.random.PRNGKey(0)}, method=type(self.module).point_forecast)
         return scaler.inverse(out)
 
     def teacher_forced(self, variables: Variables, window: jnp.ndarray, rng: jax.Array, num_samples: int = 1):

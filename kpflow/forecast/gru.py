@@ -95,10 +95,11 @@ class GRUForecaster(ForecastModule):
         mean, raw = jnp.split(out, 2, axis=-1)
         return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
 
-    def _draw(self, h: jnp.ndarray) -> jnp.ndarray:
-        """One head draw ``[.., D]`` from the state ``h [.., H]`` (the mean when deterministic)."""
+    def _draw(self, h: jnp.ndarray, noise: bool = True) -> jnp.ndarray:
+        """One head draw ``[.., D]`` from the state ``h [.., H]`` (the mean when deterministic or
+        without ``noise``)."""
         mean, std = self._head_params(h)
-        if std is None:
+        if std is None or not noise:
             return mean
         return mean + std * jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
 
@@ -127,12 +128,19 @@ class GRUForecaster(ForecastModule):
 
     def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
         """``context [B, N, D]`` -> one closed-loop draw ``[B, M, D]`` (rng stream "sample")."""
+        return self._closed_loop(context, horizon, step_scale, noise=True)
+
+    def point_forecast(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """The closed loop of the head's means ``[B, M, D]``."""
+        return self._closed_loop(context, horizon, step_scale, noise=False)
+
+    def _closed_loop(self, context, horizon, step_scale, noise: bool):
         carry, h = self._encode(context, step_scale)
         last_observed = context[:, -1]
 
         def step(mdl, state, _):
             carry, h, prev = state
-            frame = residual_head_to_frame(prev, mdl._draw(h), step_scale, mdl.residual)
+            frame = residual_head_to_frame(prev, mdl._draw(h, noise), step_scale, mdl.residual)
             frame = bound_forecast_frame(frame, last_observed, mdl.frame_bound)
             # The new frame's recurrent input, exactly as step_features builds it for true frames.
             feat = step_features(jnp.stack([prev, frame], axis=1), step_scale)[:, -1]

@@ -155,14 +155,15 @@ class GRUNFForecaster(ForecastModule):
             loss = loss + self.closed_loop_weight * es
         return loss, metrics
 
-    def _rollout(self, state, top, context, horizon, step_scale, truth=None, bound=None):
+    def _rollout(self, state, top, context, horizon, step_scale, truth=None, bound=None, temperature=None):
         """From the GRU state after ``context [B, N, D]``, sample ``horizon`` frames; feed samples (or
         ``truth``) back. ``bound``: each sampled frame is clipped (``bound_forecast_frame``); None: not."""
         anchor, last_observed = context[:, 0], context[:, -1]
+        tau = self.temperature if temperature is None else temperature
 
         def body(mdl, carry, inputs):
             state, top, prev, last_step = carry
-            head = mdl.flow.sample(top, temperature=mdl.temperature) + mdl._shift(last_step)
+            head = mdl.flow.sample(top, temperature=tau) + mdl._shift(last_step)
             frame = bound_forecast_frame(mdl._to_frame(prev, head, step_scale), last_observed, bound)
             fed = frame if inputs is None else inputs
             state, top = mdl._gru_step(state, fed, prev, anchor, step_scale)
@@ -189,6 +190,12 @@ class GRUNFForecaster(ForecastModule):
     def sample(self, context, horizon, step_scale):
         """Closed loop from ``context [B, N, D]`` -> ``[B, M, D]``."""
         return self.rollout(self.encode(context, step_scale), horizon, step_scale)
+
+    def point_forecast(self, context, horizon, step_scale):
+        """The closed loop of the flow's image of zero noise (plus momentum) ``[B, M, D]``."""
+        enc = self.encode(context, step_scale)
+        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"], bound=self.frame_bound,
+                             temperature=0.0)
 
     def teacher_forced(self, x, step_scale):
         """The authors' protocol: each predicted frame conditions on the TRUE frames before it."""

@@ -106,6 +106,13 @@ class NFForecaster(ForecastModule):
 
     def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
         """``context [B, N, D]`` -> ``[B, M, D]`` (M = the trained horizon; the wrapper checks it)."""
+        return self._forecast(context, step_scale, temperature=1.0)
+
+    def point_forecast(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """The flow's image of zero noise ``[B, M, D]``."""
+        return self._forecast(context, step_scale, temperature=0.0)
+
+    def _forecast(self, context, step_scale, temperature: float):
         cond = self.encode(context, step_scale)
-        heads = self.flow.sample(cond).reshape(context.shape[0], self.horizon, self.dim)
+        heads = self.flow.sample(cond, temperature=temperature).reshape(context.shape[0], self.horizon, self.dim)
         return heads_to_frames(context[:, -1], heads, step_scale, self.residual, self.frame_bound)

@@ -118,13 +118,22 @@ class VAEForecaster(ForecastModule):
 
     def sample(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
         """``context [B, N, D]`` -> ``[B, M, D]`` (M = the trained horizon; the wrapper checks it)."""
+        return self._forecast(context, step_scale, noise=True)
+
+    def point_forecast(self, context: jnp.ndarray, horizon: int, step_scale: jnp.ndarray) -> jnp.ndarray:
+        """The decoder's mean at the prior's mean ``[B, M, D]``."""
+        return self._forecast(context, step_scale, noise=False)
+
+    def _forecast(self, context, step_scale, noise: bool):
         c = self.encode_context(context, step_scale)
         mp, sp = self.prior_params(c)
-        z_key, y_key = jax.random.split(self.make_rng("sample"))
-        z = mp + sp * jax.random.normal(z_key, mp.shape, mp.dtype)
+        z = mp
+        if noise:
+            z_key, y_key = jax.random.split(self.make_rng("sample"))
+            z = z + sp * jax.random.normal(z_key, mp.shape, mp.dtype)
         mean, std = self.decode(z, c)
         y = mean
-        if self.sample_noise:
+        if noise and self.sample_noise:
             y = y + std * jax.random.normal(y_key, mean.shape, mean.dtype)
         heads = y.reshape(context.shape[0], self.horizon, self.dim)
         return heads_to_frames(context[:, -1], heads, step_scale, self.residual, self.frame_bound)

@@ -372,6 +372,11 @@ class VRNNForecaster(ForecastModule):
         powers = jnp.cumprod(jnp.broadcast_to(self.rho, (horizon, prev.shape[-1])), axis=0)  # rho^k [M, D]
         return prev[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * state["scale"][:, None]
 
+    def point_forecast(self, context, horizon, step_scale):
+        """The damped momentum path from ``context`` (:meth:`mirror_center`; for the equivariant model
+        the forecast with z = 0 throughout, the centre of the samples)."""
+        return self.mirror_center(self.encode(context, step_scale), horizon)
+
     def sample(self, context, horizon, step_scale):
         """Closed loop: posterior over ``context [B, N, D]``, then prior and own outputs for ``horizon`` steps."""
         return self.rollout(self.encode(context, step_scale), horizon, step_scale)
