@@ -346,7 +346,8 @@ def predictor_points(a: argparse.Namespace, fit: list[np.ndarray], scored: list[
         gain = a.predictor_gain
     else:
         ref = hold_last_operating or {"step": a.steps[0], "threshold": a.thresholds[0]}
-        fitted, gain_fit = fit_gain(predictor, fit, ref["step"], sender_settings(a, ref["threshold"]))
+        fitted, gain_fit = fit_gain(predictor, fit, ref["step"], sender_settings(a, ref["threshold"]),
+                                    progress=lambda g: progress(g, desc=f"fit gain ({predictor.name})", unit="gain"))
         gain = fitted.gain
     points = []
     jobs = list(itertools.product(a.steps, [None, *a.thresholds]))
@@ -552,7 +553,7 @@ def run(args: argparse.Namespace, skips=None) -> list[dict]:
         op = operating_point(points, f"kpflow_threshold_{predictor.name}")
         if args.loss_rates and op is not None:
             predict = op["_predict"]
-            score_losses(op, fitted_params(args, fit, op, predict), scored, args, predict, memory=predict.context)
+            score_losses(op, fitted_params(args, fit, op, predict), scored, args, predict, memory=predict.memory)
     for p in points:
         p.pop("_predict", None)
     if args.videos:

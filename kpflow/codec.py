@@ -45,6 +45,8 @@ Robustness (the receiver never stops producing frames, whatever bytes arrive or 
   packets more than SEQ_MODULO frames apart always had packets lost between them, whatever their
   sequence numbers say; after a loss the receiver ignores predicted packets until the next intra one
   and keeps forecasting in the meantime;
+- **an intra packet restarts the predictor's context** (the frames it reads) on both ends, so a
+  predictor that reads several frames is in step again from that frame, like hold-last;
 - **recovery within ``intra_period`` frames** of any loss without feedback, and faster with it: a
   receiver that lost sync says so (:attr:`Receiver.needs_intra`); a transport that carries that
   back calls :meth:`Sender.request_intra`, and the sender's next frame goes out intra.
@@ -401,6 +403,7 @@ class Receiver:
         self.history: list[np.ndarray] = []
         self.memory = memory
         self.frames = 0  # frames shown so far
+        self.context_from = 0  # the frame of the last intra packet applied: the predictor reads from there
         self.expected_seq: int | None = None
         self.synced = False
         self.first_frame = None if first_frame is None else params.clip(np.asarray(first_frame, np.float64))
@@ -418,7 +421,13 @@ class Receiver:
         """The frame shown if no packet is used: the predictor's, clipped into the codec's range."""
         if not self.history:
             return self.params.centre.copy() if self.first_frame is None else self.first_frame.copy()
-        return self.params.clip(np.asarray(self.predict(np.stack(self.history)), np.float64))
+        return self.params.clip(np.asarray(self.predict(np.stack(self.context())), np.float64))
+
+    def context(self) -> list[np.ndarray]:
+        """The frames the predictor reads: those shown since the last intra packet (it included), at
+        most the kept history."""
+        since = self.frames - self.context_from
+        return self.history[-since:] if 0 < since < len(self.history) else self.history
 
     def _decode(self, packet: bytes) -> tuple[bool, int, np.ndarray] | None:
         """``(intra, seq, symbols)``, or None for junk: a failed intra CRC, or a payload that is not the
@@ -492,6 +501,11 @@ class Receiver:
             return frame
         self.synced = True
         self.stats.applied += 1
+        if intra:
+            # An intra packet is a fresh start for the predictor too: its context restarts at this
+            # frame on both ends, so a predictor that reads several frames is back in step at once
+            # (hold-last reads one and is unaffected).
+            self.context_from = t
         return p.clip(candidate)
 
 
@@ -670,7 +684,7 @@ def loss_recovery(series: np.ndarray, params: CodecParams, predict: FramePredict
 def _snapshot(r: Receiver) -> dict:
     return {"history": list(r.history), "expected_seq": r.expected_seq, "synced": r.synced, "suspect": r.suspect,
             "last_packet_frame": r.last_packet_frame, "first_frame": r.first_frame, "frames": r.frames,
-            "memory": r.memory}
+            "memory": r.memory, "context_from": r.context_from}
 
 
 def _restore(snap: dict, params: CodecParams, predict: FramePredictor) -> Receiver:
@@ -681,5 +695,5 @@ def _restore(snap: dict, params: CodecParams, predict: FramePredictor) -> Receiv
 
 
 def _state_key(r: Receiver, memory: int) -> tuple:
-    tail = tuple(h.tobytes() for h in r.history[-memory:])
+    tail = tuple(h.tobytes() for h in r.context()[-memory:])
     return (r.synced, r.expected_seq, r.suspect, tail)

@@ -212,3 +212,14 @@ def test_eval_codec_compares_a_forecaster_predictor_with_hold_last_in_one_run(ti
     assert err.count("\n") == 1 and "--predictor" in err
     with pytest.raises(SystemExit):
         eval_codec.main([*common, "--predictor_gain", "2"])
+
+
+def test_after_a_loss_the_next_intra_packet_puts_a_forecaster_receiver_back_in_step(predictor, series):
+    """An intra packet restarts the predictor's context on both ends: a predictor that reads several
+    frames is exactly in step again from it (without the restart it never was, bit for bit)."""
+    policy = {"policy": "threshold", "threshold": 0.005, "intra_period": 10}
+    params = codec.CodecParams.fit(series[:2], 0.02, predictor).fit_to_policy(series[:2], predictor, **policy)
+    frames, recovered = codec.loss_recovery(series[3], params, predictor, memory=predictor.memory, **policy)
+    assert predictor.memory == N and len(frames) > 10
+    assert recovered[: len(frames) // 2].all()  # every early loss: the clip's end is far
+    assert frames[recovered].max() <= policy["intra_period"] + 1

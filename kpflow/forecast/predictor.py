@@ -91,6 +91,11 @@ class ForecastPredictor:
             other.grid = other.step * fraction
         return other
 
+    @property
+    def memory(self) -> int:
+        """Frames of history the prediction reads: 1 at gain 0 (hold-last), else the context length."""
+        return 1 if self.gain == 0.0 else self.context
+
     def window(self, history: np.ndarray) -> np.ndarray:
         """The forecaster's context ``[N, D]``: the last N frames, the first repeated while fewer exist."""
         h = np.asarray(history, np.float32)[-self.context :]
@@ -134,13 +139,14 @@ def fit_gain(predictor: ForecastPredictor, series: Sequence[np.ndarray], step: f
     :data:`GAIN_MAE_TOLERANCE` of the best error; each gain's codec is fitted with that gain.
 
     Returns the predictor with that gain and one ``{"gain", "bytes", "kbps", "mae_raw"}`` per gain.
+    ``progress``: wraps the loop over gains (e.g. ``kpflow.progress.progress``), or None.
     """
     if not gains or any(not 0.0 <= g <= 1.0 for g in gains):
         raise ValueError(f"gains must be a non-empty list of values in [0, 1]; got {list(gains)}")
     series = [np.asarray(s, np.float32) for s in series]
     frames = sum(len(s) for s in series)
     rows = []
-    for g in gains:
+    for g in (gains if progress is None else progress(list(gains))):
         p = predictor.replace(gain=g)
         params = codec.CodecParams.fit(series, step, p).fit_to_policy(series, p, **policy)
         results = [codec.transmit(s, params, p, **policy) for s in series]
@@ -148,8 +154,6 @@ def fit_gain(predictor: ForecastPredictor, series: Sequence[np.ndarray], step: f
         mae = sum(r["mae_raw"] * len(s) for r, s in zip(results, series, strict=True)) / frames
         rows.append({"gain": float(g), "bytes": int(total), "kbps": total * 8 / (frames / codec.FPS) / 1000.0,
                      "mae_raw": float(mae)})
-        if progress is not None:
-            progress(rows[-1])
     best_mae = min(r["mae_raw"] for r in rows)
     fair = [r for r in rows if r["mae_raw"] <= best_mae * (1 + GAIN_MAE_TOLERANCE)]
     chosen = min(fair, key=lambda r: (r["bytes"], r["mae_raw"]))
