@@ -21,6 +21,12 @@ to the JSON list, each ``{"policy", "kbps", "mae_raw", ...}``:
   refitted to what the policy sends there (``CodecParams.fit_to_policy``); each point also says
   where the bits go (``header_kbps``, ``packets_per_second``, ``intra_packets``).
 
+``--predictor WORKDIR`` (a trained forecaster) runs every ``kpflow_*`` point again with that model
+as the codec's predictor (``kpflow.forecast.predictor``), named ``kpflow_threshold_<model>`` and
+``kpflow_every_frame_<model>``, with the share of its step used (``gain``: ``--predictor_gain``, or
+fitted on the fitting clips at the hold-last operating point, ``gain_fit``); its operating point is
+scored under loss too.
+
 With ``--fomm``, some points are also rendered in reconstruction mode (``kpflow.pipeline``: source =
 the clip's first frame, driving = the receiver's keypoint series) and get ``pixel_mae`` (mean
 |rendered - ground-truth frame| over every frame and pixel of the scored clips, pixels in [0, 1])

@@ -212,6 +212,8 @@ def test_bad_arguments_exit_with_one_line(tmp_path, capsys):
     assert "float32" in one_line_exit(["realtime", "--dtypes", "bfloat16"] + TINY_FOMM)
     assert "--frames" in one_line_exit(["realtime", "--frames", "5"] + TINY_FOMM)
     assert "is a folder" in one_line_exit(["fomm", "--out", str(tmp_path)])
+    assert "--frames >= 2" in one_line_exit(["call", "--frames", "1"])
+    assert "--calls" in one_line_exit(["call", "--calls", "0"])
 
 
 def test_help_describes_each_benchmark(capsys):
@@ -331,3 +333,20 @@ def test_realtime_render_modes_and_source_cache(saved_fomm_and_video):
     assert cached["source_cache"] is True and uncached["source_cache"] is False
     flops = [r["dtypes"]["float32"]["flops_per_call"]["generation"] for r in (cached, uncached)]
     assert flops[0] < flops[1]
+
+
+# -- call ------------------------------------------------------------------------------------------
+
+
+def test_call_benchmark_runs_loopback_calls_and_writes_its_schema(tmp_path, capsys):
+    pytest.importorskip("aiortc", reason="the call extra is not installed: pip install -e '.[call]'")
+    out = tmp_path / "call.json"
+    r = bench.main(["call", "--frame_sizes", "64", "--calls", "1", "2", "--frames", "6", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    (size,) = r["sizes"]
+    assert size["frame_size"] == 64 and size["frames"] == 6 and 0 < size["rendered_share"] <= 1
+    assert set(size["latency_ms"]) == {"p50", "p95", "max"} and size["kbps"] > 0
+    assert [c["calls"] for c in r["concurrent"]] == [1, 2]
+    for c in r["concurrent"]:
+        assert 0 < c["min_rendered_share"] <= 1 and c["sustained"] == (c["min_rendered_share"] >= 0.95)
+    assert "concurrent call(s) at 64x64" in capsys.readouterr().out

@@ -196,12 +196,16 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
                    frames: int = 0, fps: float | None = None, playout_ms: float = 100.0, out: str | None = None,
                    stats: str | None = None, policy: dict | None = None, impairment=None,
                    realtime: bool = True, viewer_port: int | None = None, on_started=None,
-                   forecaster: str | None = None, predictor_gain: float = 1.0) -> dict:
+                   forecaster: str | None = None, predictor_gain: float = 1.0, fomm=None, renderer=None,
+                   quiet: bool = False, reference_pixels: bool = True) -> dict:
     """Both ends in this process over a real local WebRTC connection; -> the receiver's statistics.
 
     ``frames`` > 0 sends only the first that many frames. ``viewer_port``: also serve the viewer
     page there (None: no page). ``on_started(url)`` is called once the call is live (tests open
-    the page then).
+    the page then). ``fomm`` (loaded already, instead of ``fomm_dir``) and ``renderer`` (a
+    :class:`~kpflow.call.receiver.FrameRenderer` of it) let several calls of one process share one
+    model and its compiled functions; ``quiet`` prints no report; ``reference_pixels=False`` skips
+    rendering every detected frame for ``pixel_mae_vs_full_rate`` (work a real receiver does not do).
     """
     import itertools
 
@@ -215,7 +219,7 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
         raise UsageError(f"--frames must be >= 0 (0: the whole video); got {frames}")
     _check_output(out, "--out")
     _check_output(stats, "--stats")
-    fomm = load_ends(fomm_dir)
+    fomm = load_ends(fomm_dir) if fomm is None else fomm
     predict, predictor_fingerprint = load_predictor(forecaster, fomm, predictor_gain)
     policy = sess.codec_policy(**(policy or {}))
     params = codec_params(fomm, video, codec_fit, fps, policy, predict)
@@ -236,7 +240,8 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
         sender_link = await connect(server.url, server.token)
         receiver_link = await accepted
         receiver = CallReceiver(receiver_link, fomm, playout_ms=playout_ms, out=out, stats_path=stats,
-                                reference=reference, reference_pixels=True, renderer=FrameRenderer(fomm),
+                                reference=reference, reference_pixels=reference_pixels,
+                                renderer=FrameRenderer(fomm) if renderer is None else renderer,
                                 predict=predict, predictor_fingerprint=predictor_fingerprint)
         holder["receiver"] = receiver
         sender = CallSender(sender_link, fomm, params, fps=source_frames.fps, policy=policy, impairment=impairment,
@@ -254,7 +259,8 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
         result = await receiving
     finally:
         await server.stop()
-    _report(result, out, stats)
+    if not quiet:
+        _report(result, out, stats)
     return result
 
 
