@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) -m eval.bench fomm --out runs/bench_fomm.json
 	$(PY) -m eval.bench pipeline --samples 10 --out runs/bench_pipeline.json
 	$(PY) -m eval.bench realtime --repeats 3 --out runs/bench_realtime.json
+	$(PY) -m eval.bench call --out runs/bench_call.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kpflow train eval configs tests notebooks
