@@ -117,9 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def format(result: dict[str, Any]) -> str:  # noqa: A001 -- the benchmark interface's name
-    lines = [f"loopback calls at {result['fps']:g} fps, {result['frames']} frames each, real-time pacing "
-             f"(load average {result['load_average_before']} before, {result['load_average_after']} after):"]
+def format(result: dict[str, Any]) -> str:
+    head = (f"loopback calls at {result['fps']:g} fps, {result['frames']} frames each, real-time pacing "
+            f"(load average {result['load_average_before']} before, {result['load_average_after']} after):")
+    lines = [head]
     for s in result["sizes"]:
         lat = s["latency_ms"]
         lines.append(f"  {s['frame_size']}x{s['frame_size']} ({s['config']} FOMM): latency p50 {lat['p50']:.0f} ms, "
