@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     for split, paths in written.items():
         if paths:
             print(f"wrote {len(paths)} {split} clips ({a.num_frames} frames, {a.size}x{a.size}, "
-                  f"{a.fmt}, {a.scene}) to {Path(a.out) / split}")
+                  f"{a.fmt}{'' if a.scene == 'textured' else ', ' + a.scene}) to {Path(a.out) / split}")
 
 
 if __name__ == "__main__":
