@@ -12,7 +12,8 @@ clips of speaker id10283 at 64x64.
 Result (docs/results.md, "FOMM stage-1 training on a CPU"): the test reconstruction L1 (the first 16 frames
 of the 6 ``test/`` clips, each driven from its first frame) fell from 0.2653 to 0.0638 (0.0633 at
 step 1000), the same curve in a second run; copying the source frame scores 0.0472, which 15 CPU
-minutes do not beat. ``make demo`` trains it for 3 minutes on generated videos.
+minutes do not beat. ``make demo`` trains it for 5 minutes on generated videos at 5x its learning
+rates, without colour jitter (scripts/demo.sh), where it beats copying the source frame.
 
 The official model (no option) is not trained here; it needs a GPU and VGG19 weights:
 

@@ -179,3 +179,26 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1].startswith("error:") and "vgg19_weights" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_reconstruction_summary_compares_the_last_evaluation_with_copying_the_source(tmp_path, capsys):
+    from eval import fomm_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"eval_frames": 60, "eval_clips": 4}}))
+    records = [{"kind": "train", "step": 100, "losses": {}},
+               {"kind": "eval", "step": 100, "test_l1": 0.06, "copy_source_l1": 0.05},
+               {"kind": "eval", "step": 200, "test_l1": 0.03, "copy_source_l1": 0.05}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    line = train_fomm.reconstruction_summary(str(run))
+    assert "step 200" in line and "0.0300 vs 0.0500" in line and "40% lower (better)" in line
+    assert "first 60 frames of up to 4 test clips" in line
+    records[-1]["test_l1"] = 0.07  # the last evaluation is the one reported, better or worse
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "40% higher (worse" in train_fomm.reconstruction_summary(str(run))
+    fomm_summary.main([str(run)])
+    assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        fomm_summary.main([str(tmp_path / "empty")])
+    assert str(e.value).startswith("error:") and "no test evaluation" in str(e.value) and "\n" not in str(e.value)
