@@ -175,6 +175,18 @@ def test_synthetic_videos_are_deterministic_and_named_by_identity(tmp_path, caps
         make_synthetic_videos(tmp_path / "odd", size=15, fmt="mp4")
 
 
+def test_the_bold_scene_is_deterministic_moves_and_differs_from_the_textured_one(tmp_path):
+    args = {"num_train": 1, "num_test": 0, "num_frames": 12, "size": 32, "fmt": "png"}
+    a = read_video(make_synthetic_videos(tmp_path / "a", scene="bold", **args)["train"][0])
+    b = read_video(make_synthetic_videos(tmp_path / "b", scene="bold", **args)["train"][0])
+    textured = read_video(make_synthetic_videos(tmp_path / "t", **args)["train"][0])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, textured)
+    assert np.abs(a[1:] - a[:1]).mean() > 0.01  # the ellipses move: copying frame 0 is no match
+    with pytest.raises(ValueError, match="scene must be one of"):
+        make_synthetic_videos(tmp_path / "x", scene="nope", **args)
+
+
 @pytest.mark.shared_data
 def test_real_vox_videos_read_at_256(shared_dir):
     root = shared_dir.parent / "vox_videos"
