@@ -284,7 +284,7 @@ def fitted_params(a: argparse.Namespace, fit: list[np.ndarray], point: dict, pre
     from kpflow import codec
 
     predict = codec.hold_last if predict is None else predict
-    every = point.get("policy", "threshold").startswith("kpflow_every_frame") or point.get("policy") == "every_frame"
+    every = "every_frame" in point.get("policy", "threshold")  # every_frame, kpflow_every_frame[_<model>]
     sender = sender_settings(a, None if every else point.get("threshold"))
     try:
         base = codec.CodecParams.fit(fit, point["step"], predict, basis=a.basis, deadzone=a.deadzone)

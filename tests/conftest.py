@@ -13,12 +13,25 @@ import functools
 import json
 import os
 import pathlib
+import sys
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_fomm_command(workdir, data) -> list[str]:
+    """``python -m train.fomm`` of the :tiny FOMM at 32x32 on ``data``, a checkpoint every step, an
+    evaluation every 2 (tests add ``--config.train.max_steps`` and the like)."""
+    return [
+        sys.executable, "-m", "train.fomm", "--config", "configs/fomm_vox.py:tiny", f"--workdir={workdir}",
+        f"--config.data.dir={data}", "--config.data.frame_shape=32", "--config.data.frame_shape=32",
+        "--config.data.frame_shape=3", "--config.train.scales=1", "--config.train.scales=0.5",
+        "--config.train.batch_size=2", "--config.train.num_repeats=2", "--config.train.eval_every=2",
+        "--config.train.checkpoint_freq=1", "--config.train.log_every=1", "--config.train.eval_frames=4",
+    ]
 # The synthetic video dataset of the video tests: frame size, frames per clip, train and test clips.
 VIDEO_SIZE, VIDEO_FRAMES, VIDEO_TRAIN, VIDEO_TEST = 32, 12, 4, 2
 

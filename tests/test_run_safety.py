@@ -245,14 +245,9 @@ def test_killed_fomm_run_resumes_without_duplicate_lines(tmp_path):
     data = tmp_path / "videos"
     make_synthetic_videos(data, num_train=3, num_test=1, num_frames=8, size=32, fmt="png")
     workdir = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "train.fomm", "--config", "configs/fomm_vox.py:tiny", f"--workdir={workdir}",
-        f"--config.data.dir={data}", "--config.data.frame_shape=32", "--config.data.frame_shape=32",
-        "--config.data.frame_shape=3", "--config.train.scales=1", "--config.train.scales=0.5",
-        "--config.train.batch_size=2", "--config.train.num_repeats=2", "--config.train.eval_every=2",
-        "--config.train.checkpoint_freq=1", "--config.train.log_every=1", "--config.train.eval_frames=4",
-        "--config.train.max_steps=8",
-    ]
+    from tests.conftest import tiny_fomm_command
+
+    command = [*tiny_fomm_command(workdir, data), "--config.train.max_steps=8"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     with open(tmp_path / "killed.log", "w+") as log:

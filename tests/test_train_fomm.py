@@ -15,7 +15,7 @@ from kpflow import fomm
 from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.fomm.model import build_networks, init_variables
 from kpflow.training import fomm as train_fomm
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_fomm_command
 
 
 def _tiny_config(**train):
@@ -130,14 +130,7 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
     data = tmp_path / "videos"
     make_synthetic_videos(data, num_train=3, num_test=1, num_frames=8, size=32, fmt="png")
     workdir = tmp_path / "run"
-    common = [
-        sys.executable, "-m", "train.fomm", "--config", "configs/fomm_vox.py:tiny", f"--workdir={workdir}",
-        f"--config.data.dir={data}", "--config.data.frame_shape=32", "--config.data.frame_shape=32",
-        "--config.data.frame_shape=3", "--config.train.scales=1", "--config.train.scales=0.5",
-        "--config.train.batch_size=2", "--config.train.num_repeats=2", "--config.train.eval_every=2",
-        "--config.train.checkpoint_freq=1",
-        "--config.train.image_every=3", "--config.train.log_every=1", "--config.train.eval_frames=4",
-    ]
+    common = [*tiny_fomm_command(workdir, data), "--config.train.image_every=3"]
     # The resumed run reuses the first one's compiled programs through JAX's persistent cache.
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

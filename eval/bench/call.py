@@ -53,17 +53,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _setup(size: int, frames: int, seed: int, root: Path):
-    """A random FOMM at ``size`` saved under ``root`` and loaded, its renderer, and a generated video."""
+    """A random FOMM at ``size``, its renderer, and a generated video (test/) with its fitting clips (train/)."""
     from kpflow.call.receiver import FrameRenderer
     from kpflow.data.synthetic_video import make_synthetic_videos
-    from kpflow.fomm.model import random_fomm, save_model
-    from kpflow.runs import load_fomm
+    from kpflow.fomm.model import random_fomm
 
     config = fomm_config("vox", VARIANTS[size])
     config.data.frame_shape = (size, size, 3)
     fomm = random_fomm(config, seed)
-    save_model(str(root / "fomm"), fomm.config, fomm.variables, {"note": "random weights for timing"})
-    fomm = load_fomm(str(root / "fomm"))
     videos = make_synthetic_videos(root / "videos", num_train=1, num_test=1, num_frames=frames, size=size, seed=seed)
     return fomm, FrameRenderer(fomm), str(videos["test"][0]), str(root / "videos" / "train")
 

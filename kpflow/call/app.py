@@ -122,20 +122,15 @@ async def receive(*, fomm_dir: str, port: int = 0, host: str = "127.0.0.1", toke
     """Wait for one call, animate it until it ends; -> the receiver's statistics. ``forecaster``: a
     workdir whose model predicts what packets do not carry (the sender's own; default hold-last)."""
     from kpflow.call.receiver import CallReceiver
-    from kpflow.call.transport import CallError, CallServer
+    from kpflow.call.transport import CallServer
 
     _check_output(out, "--out")
     _check_output(stats, "--stats")
     fomm = load_ends(fomm_dir)
     predict, predictor_fingerprint = load_predictor(forecaster, fomm, predictor_gain)
     holder: dict = {}
-    server = CallServer(token, host=host, port=port, heartbeat_timeout=peer_timeout_s)
-    if viewer:
-        _add_viewer(server.app, holder)
-    try:
-        await server.start()
-    except CallError as e:
-        raise UsageError(str(e)) from None
+    server = await _start(CallServer(token, host=host, port=port, heartbeat_timeout=peer_timeout_s),
+                          holder if viewer else None)
     try:
         _print(f"receiver: waiting for a call at {server.url} (token {server.token})")
         if viewer:
@@ -213,7 +208,7 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
     from kpflow.call.receiver import CallReceiver, FrameRenderer
     from kpflow.call.sender import CallSender
     from kpflow.call.stats import LoopbackReference
-    from kpflow.call.transport import CallError, CallServer, connect
+    from kpflow.call.transport import CallServer, connect
 
     if frames < 0:
         raise UsageError(f"--frames must be >= 0 (0: the whole video); got {frames}")
@@ -228,13 +223,7 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
     image = _source_image(source, fomm)
     reference = LoopbackReference()
     holder: dict = {}
-    server = CallServer(port=viewer_port or 0)
-    if viewer_port is not None:
-        _add_viewer(server.app, holder)
-    try:
-        await server.start()
-    except CallError as e:
-        raise UsageError(str(e)) from None
+    server = await _start(CallServer(port=viewer_port or 0), holder if viewer_port is not None else None)
     try:
         accepted = asyncio.ensure_future(server.accept())
         sender_link = await connect(server.url, server.token)
@@ -262,6 +251,20 @@ async def loopback(*, fomm_dir: str, video: str, source: str | None = None, code
     if not quiet:
         _report(result, out, stats)
     return result
+
+
+async def _start(server, viewer_holder: dict | None):
+    """Start ``server`` (a ``CallServer``), with the viewer page on it when ``viewer_holder`` is given
+    (the dict where the receiver will be put); a port in use is one UsageError line."""
+    from kpflow.call.transport import CallError
+
+    if viewer_holder is not None:
+        _add_viewer(server.app, viewer_holder)
+    try:
+        await server.start()
+    except CallError as e:
+        raise UsageError(str(e)) from None
+    return server
 
 
 def _add_viewer(app, holder: dict) -> None:
