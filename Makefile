@@ -1,6 +1,6 @@
 # kpflow: every target sets itself up on a fresh machine (a .venv beside this file).
 #
-#   make test     the test suite (creates .venv and installs kpflow[dev,torch,call] on first use)
+#   make test     the test suite (creates .venv and installs kpflow[dev,torch,call,tfds] on first use)
 #   make e2e      the browser test of the call's viewer (tests/e2e; installs Debian's chromium if missing)
 #   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
 #   make bench    forecaster sampling, FOMM, end-to-end pipeline and real-time protocol speed (runs/bench_*.json)
@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # Versions known to pass here; `make lock` rewrites it.
 CONSTRAINTS := constraints.txt
 # The extras every target installs (make test runs their tests).
-EXTRAS ?= dev,torch,call
+EXTRAS ?= dev,torch,call,tfds
 # Tests run in TEST_WORKERS pytest-xdist processes (a test file stays in one process, so its
 # module fixtures are built once); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2

@@ -69,14 +69,19 @@ def base_config(dataset: str, horizon: str, variant: str) -> ml_collections.Conf
     c.num_predicted = m
 
     c.data = ml_collections.ConfigDict()
+    # "npz": a folder of per-clip .npz keypoints (dir); "tfds": a prepared kpflow_keypoints dataset
+    # (tfds_name in tfds_data_dir; python -m kpflow.data.prepare); "synthetic": generated clips.
     c.data.kind = "synthetic" if dataset == "synthetic" else "npz"
     c.data.dir = ""  # a folder of per-clip .npz keypoints; set with --config.data.dir=PATH
+    c.data.tfds_name = "kpflow_keypoints"
+    c.data.tfds_data_dir = ""
     c.data.holdout_speakers = list(VOX_HOLDOUT_SPEAKERS) if dataset == "vox" else []
     c.data.split_file = ""  # optional: clip names (one per line) to hold out instead
     c.data.val_fraction = 0.2  # used when neither of the above is set
     c.data.seed = 0
     c.data.stride = 1  # training windows slide by this many frames
     c.data.augment = ()  # training-batch augmentations: "reflect", "reverse" (kpflow.data.windows)
+    c.data.worker_count = 0  # grain worker processes building training batches (0: in the trainer's process)
     c.data.synthetic = ml_collections.ConfigDict(
         {"num_clips": 24, "num_speakers": 4, "min_frames": 80, "max_frames": 240,
          "num_keypoints": 10, "seed": 0}

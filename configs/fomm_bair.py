@@ -49,7 +49,8 @@ def get_config(arg=None):
         },
     })
     # dataset_params of bair-256.yaml.
-    config.data = ml_collections.ConfigDict({
+    config.data.tfds_name = "bair_robot_pushing_small"  # TFDS's own, 64x64: use with :tiny
+    config.data.update({
         "dir": "data/bair",
         "frame_shape": (256, 256, 3),
         "id_sampling": False,

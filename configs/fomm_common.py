@@ -35,7 +35,14 @@ def base_config(dataset: str, variant: str) -> ml_collections.ConfigDict:
     config.variant = variant  # "official" or "tiny"
     config.model = ml_collections.ConfigDict()  # the config file's model_params
     config.seed = 0
-    config.data = ml_collections.ConfigDict()  # the config file's dataset_params
+    # The config file adds its dataset_params (dir, frame_shape, id_sampling, augmentation, cache).
+    # Where the videos come from: "folder" reads dir (root/{train,test}/); "tfds" reads the prepared
+    # dataset tfds_name in tfds_data_dir (python -m kpflow.data.prepare --kind videos; the name
+    # kpflow_videos picks the config of frame_shape's size). worker_count: grain processes that
+    # decode and augment training pairs (0: a thread of the trainer's process).
+    config.data = ml_collections.ConfigDict({
+        "kind": "folder", "tfds_name": "kpflow_videos", "tfds_data_dir": "", "worker_count": 0,
+    })
 
     # The config file adds num_epochs, num_repeats, epoch_milestones, batch_size, checkpoint_freq
     # and loss_weights.generator_gan, which differ per dataset.

@@ -49,7 +49,7 @@ def get_config(arg=None):
         },
     })
     # dataset_params of mgif-256.yaml.
-    config.data = ml_collections.ConfigDict({
+    config.data.update({
         "dir": "data/moving-gif",
         "frame_shape": (256, 256, 3),
         "id_sampling": False,

@@ -62,7 +62,7 @@ def get_config(arg=None):
         },
     })
     # dataset_params of vox-256.yaml.
-    config.data = ml_collections.ConfigDict({
+    config.data.update({
         "dir": "data/vox",
         "frame_shape": (256, 256, 3),
         "id_sampling": True,  # sample clips by speaker

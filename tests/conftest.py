@@ -22,6 +22,19 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+def fresh_flags():
+    """A fresh absl ``FlagValues`` for running an absl command in this process: absl's
+    ``verbosity`` and grain's own flags (which grain reads through ``flags.FLAGS``) carried over."""
+    import grain  # noqa: F401 - defines its flags on absl's global FlagValues
+    from absl import flags
+
+    fresh = flags.FlagValues()
+    for name in flags.FLAGS:
+        if name == "verbosity" or name.startswith("grain_"):
+            fresh[name] = flags.FLAGS[name]
+    return fresh
+
+
 def tiny_fomm_command(workdir, data) -> list[str]:
     """``python -m train.fomm`` of the :tiny FOMM at 32x32 on ``data``, a checkpoint every step, an
     evaluation every 2 (tests add ``--config.train.max_steps`` and the like)."""

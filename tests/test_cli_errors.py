@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 from absl import flags
+from conftest import fresh_flags
 
 from configs import demo
 from configs.fomm_common import fomm_config
@@ -92,8 +93,7 @@ def absl_main(module: str):
 
     def run(argv: list[str]) -> None:
         cli = importlib.import_module(module)
-        fresh = flags.FlagValues()
-        fresh["verbosity"] = flags.FLAGS["verbosity"]
+        fresh = fresh_flags()
         saved = flags.FLAGS
         flags.FLAGS = fresh
         try:
@@ -301,8 +301,7 @@ def parsed_config(argv: list[str]):
     """The forecaster config ``argv`` gives ``python -m train.forecaster`` (flags parsed, nothing run)."""
     import train.forecaster
 
-    fresh = flags.FlagValues()
-    fresh["verbosity"] = flags.FLAGS["verbosity"]
+    fresh = fresh_flags()
     saved = flags.FLAGS
     flags.FLAGS = fresh
     try:

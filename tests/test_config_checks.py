@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
+from conftest import fresh_flags
 
 from configs import demo
 from configs.fomm_common import fomm_config
@@ -89,8 +90,7 @@ def bounded_config(epochs=1, steps=3, learning_rate=1e-3):
 def run_main(module, argv: list, monkeypatch) -> None:
     """``python -m train.<module> ARGV`` in this process, its flags on a fresh FlagValues."""
     cli = importlib.import_module(f"train.{module}")
-    fresh = flags.FlagValues()
-    fresh["verbosity"] = flags.FLAGS["verbosity"]
+    fresh = fresh_flags()
     monkeypatch.setattr(flags, "FLAGS", fresh)
     argv = [f"train/{module}.py", *map(str, argv)]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the --config.* overrides from sys.argv

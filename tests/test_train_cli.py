@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
+from conftest import fresh_flags
 
 from configs import demo
 from kpflow import checkpoint, forecast
@@ -214,8 +215,7 @@ def run_main(argv: list, monkeypatch) -> None:
     """``python -m train.forecaster ARGV`` in this process: its flags go on a fresh FlagValues."""
     from train import forecaster as cli
 
-    fresh = flags.FlagValues()
-    fresh["verbosity"] = flags.FLAGS["verbosity"]
+    fresh = fresh_flags()
     monkeypatch.setattr(flags, "FLAGS", fresh)
     argv = ["train/forecaster.py", *map(str, argv)]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the --config.* overrides from sys.argv

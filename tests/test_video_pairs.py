@@ -114,13 +114,13 @@ def test_pair_batches_cover_every_item_num_repeats_times(datasets, monkeypatch):
     root, _ = datasets["png"]
     ds = VideoFolder(root, "train", frame_shape=(SIZE, SIZE))
     drawn = []
-    original = ds.sample_pair
+    original = ds.plan_pair  # every pair of an epoch is planned (drawn) before it is decoded
 
     def recording(i, rng, aug):
         drawn.append(i)
         return original(i, rng, aug)
 
-    monkeypatch.setattr(ds, "sample_pair", recording)
+    monkeypatch.setattr(ds, "plan_pair", recording)
     list(PairBatches(ds, batch_size=2, num_repeats=3, seed=0).epoch(0))
     assert sorted(drawn) == sorted(list(range(len(ds))) * 3)
     assert drawn != sorted(drawn)  # shuffled

@@ -9,6 +9,7 @@ Benchmarks (one module each, loaded by name from :data:`BENCHMARKS`):
 - ``pipeline``: the whole system on one clip, end to end (forecast and rendered futures).
 - ``realtime``: the paper's streaming protocol, stage by stage; float32 beside bfloat16.
 - ``call``: live loopback calls over WebRTC: latency, render rate, concurrent calls per process.
+- ``data``: FOMM training pairs per second: the folder reader against grain with 0, 1, 2 workers.
 
 A benchmark module defines ``HELP`` (one line), ``add_arguments(parser)``, ``run(args) -> dict``
 (the JSON result; ``kpflow.cli.UsageError`` for a bad argument) and ``format(result) -> str``; add
@@ -28,7 +29,7 @@ from kpflow.cli import OneLineArgumentParser, UsageError, one_line
 from kpflow.io import check_output_path
 
 # Each name is a module of this package (eval.bench.<name>), imported when a parser or a run needs it.
-BENCHMARKS = ("forecast", "fomm", "pipeline", "realtime", "call")
+BENCHMARKS = ("forecast", "fomm", "pipeline", "realtime", "call", "data")
 PROG = "python -m eval.bench"
 
 

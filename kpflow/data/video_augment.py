@@ -159,45 +159,78 @@ class Augmentation:
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``frames [T, H, W, 3]`` float in [0, 1] -> augmented ``[T, H', W', 3]`` float32 in [0, 1]
-        (``H', W'`` = the crop size when cropping, else ``H, W``)."""
+        (``H', W'`` = the crop size when cropping, else ``H, W``): :meth:`draw` then :meth:`apply`."""
+        frames = self._check(frames)
+        return self.apply(frames, self.draw(rng, frames.shape[1:3]))
+
+    @staticmethod
+    def _check(frames: np.ndarray) -> np.ndarray:
         frames = np.asarray(frames, np.float32)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"Augmentation expects frames [T, H, W, 3], got {frames.shape}")
-        out_size = self.crop_size or frames.shape[1:3]
-        if self.time_flip and rng.random() < FLIP_PROBABILITY:
-            frames = frames[::-1]
-        if self.horizontal_flip and rng.random() < FLIP_PROBABILITY:
-            frames = frames[:, :, ::-1]
+        return frames
+
+    def draw(self, rng: np.random.Generator, frame_hw: Sequence[int]) -> dict[str, Any]:
+        """Every random choice for clips of ``frame_hw = (H, W)``, drawn from ``rng`` in FOMM's order
+        (the same numbers :meth:`__call__` draws), as a small picklable dict for :meth:`apply`.
+
+        Drawing apart from applying lets an input pipeline plan an epoch in one process (cheap, in
+        a fixed order) and decode and augment its batches in worker processes.
+        """
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        out_size = self.crop_size or hw
+        params: dict[str, Any] = {
+            "time_flip": bool(self.time_flip and rng.random() < FLIP_PROBABILITY),
+            "horizontal_flip": bool(self.horizontal_flip and rng.random() < FLIP_PROBABILITY),
+        }
         if self.resize_ratio is not None:
             scale = rng.uniform(*self.resize_ratio)
-            size = tuple(max(1, int(scale * s)) for s in frames.shape[1:3])
-            frames = _bilinear_resize(frames, size)
-        if self.crop_size is not None or frames.shape[1:3] != tuple(out_size):
-            frames = self._random_crop(frames, out_size, rng)
+            hw = tuple(max(1, int(scale * s)) for s in hw)
+            params["resize"] = hw
+        if self.crop_size is not None or hw != tuple(out_size):
+            height, width = out_size
+            padded = (max(hw[0], height), max(hw[1], width))
+            top = int(rng.integers(0, padded[0] - height + 1))
+            left = int(rng.integers(0, padded[1] - width + 1))
+            params["crop"] = (tuple(out_size), top, left)
         if self.jitter:
-            frames = self._color_jitter(frames, rng)
+            factors = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in self.jitter.items()}
+            params["jitter"] = [(str(name), factors[name]) for name in rng.permutation(sorted(factors))]
+        return params
+
+    def apply(self, frames: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+        """``frames [T, H, W, 3]`` augmented by the choices ``params`` of :meth:`draw`."""
+        frames = self._check(frames)
+        if params["time_flip"]:
+            frames = frames[::-1]
+        if params["horizontal_flip"]:
+            frames = frames[:, :, ::-1]
+        if "resize" in params:
+            frames = _bilinear_resize(frames, params["resize"])
+        if "crop" in params:
+            size, top, left = params["crop"]
+            frames = self._crop(frames, size, top, left)
+        if "jitter" in params:
+            frames = self._color_jitter(frames, params["jitter"])
         return np.ascontiguousarray(frames, dtype=np.float32)
 
     @staticmethod
-    def _random_crop(
-        frames: np.ndarray, size: Sequence[int], rng: np.random.Generator
-    ) -> np.ndarray:
-        """Zero pad (centred) up to ``size`` where smaller, then crop ``size`` at random."""
+    def _crop(frames: np.ndarray, size: Sequence[int], top: int, left: int) -> np.ndarray:
+        """Zero pad (centred) up to ``size`` where smaller, then crop ``size`` at ``(top, left)``."""
         height, width = size
         pad_h, pad_w = max(0, height - frames.shape[1]), max(0, width - frames.shape[2])
         if pad_h or pad_w:
             pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
                     (0, 0))
             frames = np.pad(frames, pads)
-        top = int(rng.integers(0, frames.shape[1] - height + 1))
-        left = int(rng.integers(0, frames.shape[2] - width + 1))
         return frames[:, top: top + height, left: left + width]
 
-    def _color_jitter(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        # One factor per adjustment for the whole clip, so source and driving get the same colours.
-        factors = {name: rng.uniform(lo, hi) for name, (lo, hi) in self.jitter.items()}
-        for name in rng.permutation(sorted(factors)):
-            f = np.float32(factors[name])
+    @staticmethod
+    def _color_jitter(frames: np.ndarray, factors: Sequence[tuple[str, float]]) -> np.ndarray:
+        # One factor per adjustment for the whole clip, so source and driving get the same colours;
+        # applied in the drawn order.
+        for name, factor in factors:
+            f = np.float32(factor)
             if name == "brightness":
                 frames = frames * f
             elif name == "contrast":

@@ -9,6 +9,7 @@ No jax, no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,7 +33,116 @@ from kpflow.data.videos import (
 )
 
 
-class VideoFolder:
+@dataclasses.dataclass(frozen=True)
+class PairPlan:
+    """Every random choice of one training pair, drawn apart from decoding (:meth:`VideoSet.plan_pair`):
+    the video, its two frame indices in time order, and the augmentation's draw (or None)."""
+
+    video: int
+    frames: tuple[int, int]
+    augment: dict[str, Any] | None
+
+
+class VideoSet:
+    """Named videos with random access, the base of every source of FOMM training pairs.
+
+    A subclass (:class:`VideoFolder` for files, :class:`kpflow.data.tfds.TfdsVideos` for a prepared
+    TFDS dataset) sets ``names`` (sorted clip names), ``frame_shape`` ((H, W) or None),
+    ``id_sampling`` and ``description`` (a path or dataset name for messages) through
+    :meth:`_index`, and implements :meth:`_frames` (a whole video) and :meth:`num_frames`; it may
+    override :meth:`frames_at` to decode only the frames asked for.
+    """
+
+    names: list[str]
+    ids: list[str]
+    frame_shape: tuple[int, int] | None
+    id_sampling: bool
+    description: str
+
+    def _index(self, names: list[str]) -> None:
+        """Identities and their videos for ``names`` (the i-th name is video i)."""
+        self.names = list(names)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.names):
+            groups.setdefault(identity_of(name), []).append(i)
+        self.ids = sorted(groups)
+        self._videos_of_id = groups
+
+    def _frames(self, video_index: int) -> np.ndarray:
+        """Video ``video_index`` decoded: ``[T, H, W, 3]`` uint8 (float32 for non-8-bit files)."""
+        raise NotImplementedError
+
+    def num_frames(self, video_index: int) -> int:
+        """The frame count of video ``video_index``."""
+        return len(self._frames(video_index))
+
+    def frames_at(self, video_index: int, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of video ``video_index``, ``[len(indices), H, W, 3]`` as stored."""
+        return self._frames(video_index)[np.asarray(indices)]
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.id_sampling else len(self.names)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.names)
+
+    def video(self, i: int) -> tuple[str, np.ndarray]:
+        """Video ``i`` (whatever ``id_sampling``): ``(name, frames [T, H, W, 3] float32 in [0, 1])``,
+        for testing, evaluation and keypoint extraction."""
+        if not -len(self.names) <= i < len(self.names):
+            raise IndexError(f"video {i} out of range: {self.description} has {len(self.names)} videos")
+        i %= len(self.names)  # one cache entry per video, whichever sign the index has
+        return self.names[i], frames_to_float(self._frames(i))
+
+    def plan_pair(self, index: int, rng: np.random.Generator,
+                  augment: Augmentation | None = None) -> PairPlan:
+        """The random choices of one training pair, as FOMM's ``FramesDataset.__getitem__`` in train
+        mode: item ``index`` (an identity with ``id_sampling``, else a video), two distinct frames
+        drawn uniformly without replacement in time order (the same frame twice for a 1-frame
+        video), then ``augment``'s draw. Needs frame counts only, no pixels."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range: the dataset has {len(self)} items")
+        if self.id_sampling:
+            choices = self._videos_of_id[self.ids[index]]
+            video_index = choices[int(rng.integers(len(choices)))]
+        else:
+            video_index = index
+        count = self.num_frames(video_index)
+        idx = np.sort(rng.choice(count, size=2, replace=count < 2))
+        drawn = None
+        if augment is not None:
+            drawn = augment.draw(rng, self.pair_shape(video_index))
+        return PairPlan(int(video_index), (int(idx[0]), int(idx[1])), drawn)
+
+    def pair_shape(self, video_index: int) -> tuple[int, int]:
+        """``(H, W)`` of video ``video_index``'s frames."""
+        if self.frame_shape is not None:
+            return tuple(self.frame_shape)
+        return tuple(self.frames_at(video_index, [0]).shape[1:3])
+
+    def make_pair(self, plan: PairPlan, augment: Augmentation | None = None) -> dict[str, Any]:
+        """Decode and augment the pair ``plan`` describes: ``{"source", "driving"}`` ``[H, W, 3]``
+        float32 in [0, 1] and ``"name"``, the video's clip name."""
+        pair = frames_to_float(self.frames_at(plan.video, plan.frames))
+        if plan.augment is not None:
+            if augment is None:
+                raise ValueError("this pair's plan holds an augmentation draw: pass the Augmentation")
+            pair = augment.apply(pair, plan.augment)
+        return {"source": pair[0], "driving": pair[1], "name": self.names[plan.video]}
+
+    def sample_pair(self, index: int, rng: np.random.Generator,
+                    augment: Augmentation | None = None) -> dict[str, Any]:
+        """One training pair: :meth:`plan_pair` then :meth:`make_pair`.
+
+        Returns:
+          ``{"source": [H, W, 3], "driving": [H, W, 3]}`` float32 in [0, 1], and ``"name"``, the
+          video's clip name.
+        """
+        return self.make_pair(self.plan_pair(index, rng, augment), augment)
+
+
+class VideoFolder(VideoSet):
     """The videos of one split of a FOMM-layout folder, for pair sampling and extraction.
 
     Layout: ``root/train/`` and ``root/test/`` hold the videos (any format ``read_video`` takes).
@@ -79,17 +189,14 @@ class VideoFolder:
         self.cache = bool(cache)
         self.skipped: list[tuple[Path, str]] = []  # (video, reason): dropped by drop_unreadable
         self._cache: dict[int, np.ndarray] = {}
-        self._index(list_videos(folder))
+        self.description = str(folder)
+        self._lengths: dict[int, int] = {}  # video index -> frame count, once decoded
+        self._index_paths(list_videos(folder))
 
-    def _index(self, paths: list[Path]) -> None:
+    def _index_paths(self, paths: list[Path]) -> None:
         """Names, identities and their videos for ``paths``."""
         self.paths: list[Path] = paths
-        self.names: list[str] = [video_name(p) for p in self.paths]
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(self.names):
-            groups.setdefault(identity_of(name), []).append(i)
-        self.ids: list[str] = sorted(groups)
-        self._videos_of_id: dict[str, list[int]] = groups
+        self._index([video_name(p) for p in self.paths])
 
     def drop_unreadable(
         self,
@@ -111,22 +218,20 @@ class VideoFolder:
           NoReadableVideosError: one line, when no video of the folder can be read.
         """
         skips = VideoSkips(report)
-        kept, cache = [], {}
+        kept, cache, lengths = [], {}, {}
         paths = self.paths if progress is None else progress(self.paths)
         try:
             for path, frames in iter_readable(paths, lambda p: decode_video(p, self.frame_shape), skips):
                 if self.cache:
                     cache[len(kept)] = frames
+                lengths[len(kept)] = len(frames)
                 kept.append(path)
         except NoReadableVideosError as e:
             raise NoReadableVideosError(f"no video in {self.folder} can be read: {e}") from None
         self.skipped += skips.skipped
-        self._cache = cache
-        self._index(kept)
+        self._cache, self._lengths = cache, lengths
+        self._index_paths(kept)
         return self.skipped
-
-    def __len__(self) -> int:
-        return len(self.ids) if self.id_sampling else len(self.paths)
 
     def __repr__(self) -> str:
         return (
@@ -134,57 +239,27 @@ class VideoFolder:
             f"frame_shape={self.frame_shape}, id_sampling={self.id_sampling})"
         )
 
-    @property
-    def num_videos(self) -> int:
-        return len(self.paths)
-
     def _frames(self, video_index: int) -> np.ndarray:
         """Video ``video_index`` decoded: ``[T, H, W, 3]`` uint8, or float32 for non-8-bit files."""
         if video_index in self._cache:
             return self._cache[video_index]
         frames = decode_video(self.paths[video_index], self.frame_shape)
+        self._lengths[video_index] = len(frames)
         if self.cache:
             self._cache[video_index] = frames
         return frames
 
-    def video(self, i: int) -> tuple[str, np.ndarray]:
-        """Video ``i`` of ``self.paths`` (whatever ``id_sampling``): ``(name, frames [T, H, W, 3]
-        float32 in [0, 1])``, for testing and keypoint extraction."""
-        if not -len(self.paths) <= i < len(self.paths):
-            raise IndexError(f"video {i} out of range: {self.folder} has {len(self.paths)} videos")
-        i %= len(self.paths)  # one cache entry per video, whichever sign the index has
-        return self.names[i], frames_to_float(self._frames(i))
+    def num_frames(self, video_index: int) -> int:
+        if video_index not in self._lengths:
+            self._lengths[video_index] = len(self._frames(video_index))
+        return self._lengths[video_index]
 
-    def sample_pair(
-        self,
-        index: int,
-        rng: np.random.Generator,
-        augment: Augmentation | None = None,
-    ) -> dict[str, Any]:
-        """One training pair, as FOMM's ``FramesDataset.__getitem__`` in train mode.
-
-        Item ``index`` (an identity with ``id_sampling``, else a video): two distinct frames drawn
-        uniformly without replacement, in time order (the same frame twice for a 1-frame video),
-        then ``augment`` applied to the two frames jointly.
-
-        Returns:
-          ``{"source": [H, W, 3], "driving": [H, W, 3]}`` float32 in [0, 1], and ``"name"``, the
-          video's clip name.
-        """
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} out of range: the dataset has {len(self)} items")
-        if self.id_sampling:
-            choices = self._videos_of_id[self.ids[index]]
-            video_index = choices[int(rng.integers(len(choices)))]
-        else:
-            video_index = index
-        frames = self._frames(video_index)
-        count = len(frames)
-        idx = np.sort(rng.choice(count, size=2, replace=count < 2))
-        pair = frames_to_float(frames[idx])
-        if augment is not None:
-            pair = augment(pair, rng)
-        return {"source": pair[0], "driving": pair[1], "name": self.names[video_index]}
+    def __getstate__(self) -> dict:
+        """Pickled without the decoded videos (an input pipeline's worker processes decode their
+        own), but with the frame counts, so planning needs no decoding."""
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
 
 
 class PairBatches:
@@ -236,23 +311,34 @@ class PairBatches:
         full, rest = divmod(self.items_per_epoch, self.batch_size)
         return full if self.drop_last or not rest else full + 1
 
-    def epoch(self, e: int) -> Iterator[dict[str, np.ndarray]]:
-        """The batches of epoch ``e`` (``steps_per_epoch`` of them), the same on every call."""
+    def epoch_plan(self, e: int) -> list[list[PairPlan]]:
+        """The pairs of epoch ``e``'s batches as plans (no pixels): everything is drawn from
+        ``np.random.default_rng([seed, e])`` in batch order, so the plan is the same on every call
+        and in every process."""
         rng = np.random.default_rng([self.seed, int(e)])
         order = rng.permutation(self.items_per_epoch) % len(self.dataset)
-        for step in range(self.steps_per_epoch):
-            items = order[step * self.batch_size: (step + 1) * self.batch_size]
-            pairs = [self.dataset.sample_pair(int(i), rng, self.augment) for i in items]
-            shapes = sorted({p["source"].shape for p in pairs})
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"videos in {self.dataset.folder} differ in frame size {shapes[:3]}; "
-                    "give the dataset a frame_shape to resize them"
-                )
-            yield {
-                "source": np.stack([p["source"] for p in pairs]),
-                "driving": np.stack([p["driving"] for p in pairs]),
-            }
+        return [[self.dataset.plan_pair(int(i), rng, self.augment)
+                 for i in order[step * self.batch_size: (step + 1) * self.batch_size]]
+                for step in range(self.steps_per_epoch)]
+
+    def make_batch(self, plans: Sequence[PairPlan]) -> dict[str, np.ndarray]:
+        """Decode and augment ``plans`` into ``{"source", "driving"}`` ``[len(plans), H, W, 3]``."""
+        pairs = [self.dataset.make_pair(p, self.augment) for p in plans]
+        shapes = sorted({p["source"].shape for p in pairs})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"videos in {self.dataset.description} differ in frame size {shapes[:3]}; "
+                "give the dataset a frame_shape to resize them"
+            )
+        return {
+            "source": np.stack([p["source"] for p in pairs]),
+            "driving": np.stack([p["driving"] for p in pairs]),
+        }
+
+    def epoch(self, e: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of epoch ``e`` (``steps_per_epoch`` of them), the same on every call."""
+        for plans in self.epoch_plan(e):
+            yield self.make_batch(plans)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         e = 0

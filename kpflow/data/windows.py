@@ -69,7 +69,8 @@ AUGMENTATIONS = ("reflect", "reverse")
 
 
 def augment(batch: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -> np.ndarray:
-    """Randomly transform half of the windows of ``batch [B, T, D]`` per augmentation in ``kinds``.
+    """Randomly transform half of the windows of ``batch [B, T, D]`` per augmentation in ``kinds``
+    (:func:`draw_augmentation`, then :func:`apply_augmentation`).
 
     - ``reflect``: ``x' = 2 x_0 - x``, the window mirrored through its first frame. Forecasters see
       positions relative to the window's first frame and steps, so this negates every input they
@@ -78,10 +79,24 @@ def augment(batch: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -
     - ``reverse``: the window played backwards (motion statistics of talking heads are close to
       time-reversible).
     """
-    out = batch.copy()
-    b = len(out)
+    return apply_augmentation(batch, kinds, draw_augmentation(rng, len(batch), kinds))
+
+
+def draw_augmentation(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> np.ndarray:
+    """``[size, len(kinds)]`` booleans: which windows each augmentation of ``kinds`` transforms
+    (each with probability 1/2, one ``rng.random(size)`` draw per kind, in order)."""
     for kind in kinds:
-        pick = rng.random(b) < 0.5
+        if kind not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
+    return np.stack([rng.random(size) < 0.5 for _ in kinds], axis=1) if kinds else np.zeros((size, 0), bool)
+
+
+def apply_augmentation(batch: np.ndarray, kinds: Sequence[str], flags: np.ndarray) -> np.ndarray:
+    """``batch [B, T, D]`` with augmentation ``kinds[k]`` applied, in order, to the windows where
+    ``flags[:, k]`` (see :func:`augment`). Row by row, so any rows of a batch augment alike."""
+    out = np.array(batch, copy=True)
+    for k, kind in enumerate(kinds):
+        pick = flags[:, k]
         if kind == "reflect":
             out[pick] = 2.0 * out[pick, :1] - out[pick]
         elif kind == "reverse":

@@ -19,10 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -33,8 +30,9 @@ import numpy as np
 import optax
 
 from kpflow import parallel
+from kpflow.data import loaders
 from kpflow.data.video_augment import Augmentation
-from kpflow.data.video_pairs import PairBatches, VideoFolder
+from kpflow.data.video_pairs import PairBatches, VideoFolder, VideoSet
 from kpflow.fomm import losses
 from kpflow.fomm.model import Networks, build_networks, init_variables, load_config, save_config
 from kpflow.fomm.ops import resize_bilinear
@@ -56,9 +54,10 @@ from kpflow.workdir import run_lock
 CURVES_FILE = "curves.png"
 SAMPLES_DIR = "samples"
 PERCEPTUAL_CHOICES = ("vgg19", "pixel_l1")
+# config.data.kind: a FOMM-layout folder of videos, or a prepared TFDS dataset (kpflow.data.tfds).
+DATA_KINDS = ("folder", "tfds")
 TRAIN_HINT = "train with `python -m train.fomm --config configs/fomm_vox.py:tiny --workdir DIR`"
 # Batches decoded and augmented ahead of the jitted step, in a background thread.
-PREFETCH_BATCHES = 3
 # Pairs shown in a samples/ grid.
 SAMPLE_ROWS = 4
 # Every numeric field of a FOMM config and its allowed values (kpflow.training.checks), checked by
@@ -187,7 +186,7 @@ def validate_config(config) -> None:
             f"VGG19 needs at least {losses.VGG19_MIN_SIZE} px at every pyramid scale; frame "
             f"{config.data.frame_shape[:2]} x scale {min(t.scales)} is smaller: drop small train.scales"
         )
-    if not config.data.dir:
+    if config.data.get("kind", "folder") == "folder" and not config.data.dir:
         raise ValueError("config.data.dir is empty: point it at a FOMM video folder (root/{train,test}/)")
 
 
@@ -404,41 +403,25 @@ def plot_curves(records: list[dict], path: str) -> None:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def prefetch(iterator: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
-    """Run ``iterator`` in a background thread (decoding and augmentation overlap the jitted step)."""
-    q: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-
-    def worker():
-        try:
-            for item in iterator:
-                q.put(item)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            q.put(exc)
-        q.put(done)
-
-    threading.Thread(target=worker, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
 def load_data(config):
-    """-> ``(train VideoFolder, test VideoFolder or None, Augmentation)`` of ``config.data``."""
+    """-> ``(train VideoSet, test VideoSet or None, Augmentation)`` of ``config.data``: a FOMM-layout
+    folder (``kind='folder'``, ``dir``) or a prepared TFDS dataset (``kind='tfds'``, ``tfds_name``,
+    ``tfds_data_dir``: ``kpflow_videos/<size>`` or TFDS's ``bair_robot_pushing_small``)."""
     d = config.data
+    augment = Augmentation(d.augmentation.to_dict() if hasattr(d.augmentation, "to_dict") else d.augmentation)
+    kind = d.get("kind", "folder")
+    if kind == "tfds":
+        return (*_tfds_videos(d), augment)
+    if kind != "folder":
+        raise ValueError(f"config.data.kind must be one of {DATA_KINDS}, got {kind!r}")
     frame_shape = tuple(d.frame_shape)
     train = VideoFolder(d.dir, "train", frame_shape=frame_shape, id_sampling=d.id_sampling, cache=d.cache)
     try:
         test = VideoFolder(d.dir, "test", frame_shape=frame_shape, id_sampling=False, cache=d.cache)
     except (FileNotFoundError, ValueError):
         test = None
-    augment = Augmentation(d.augmentation.to_dict() if hasattr(d.augmentation, "to_dict") else d.augmentation)
     # Decode every clip now (kept when d.cache): an unreadable one is dropped and reported (one line
-    # each, and a count here, before training), and ffmpeg stays out of the loop's prefetch thread.
+    # each, and a count here, before training), and the input pipeline never meets one.
     for folder in (train, test):
         if folder is not None:
             folder.drop_unreadable(progress=lambda it, f=folder: progress(  # shown after 1 s, not for a failure
@@ -449,7 +432,43 @@ def load_data(config):
     return train, test, augment
 
 
-def eval_clips(test: VideoFolder | None, config) -> list[np.ndarray]:
+def _tfds_videos(d) -> tuple[VideoSet, VideoSet | None]:
+    """The train and test splits (None when absent) of the TFDS dataset ``d.tfds_name``."""
+    from kpflow.data import tfds as kp_tfds
+
+    if not d.get("tfds_name") or not d.get("tfds_data_dir"):
+        raise ValueError("config.data.kind='tfds' needs --config.data.tfds_name and --config.data.tfds_data_dir "
+                         "(prepare one with `python -m kpflow.data.prepare --kind videos --src DIR --data_dir OUT`)")
+    name = d.tfds_name if "/" in d.tfds_name else f"{d.tfds_name}/{d.frame_shape[0]}"
+    videos = kp_tfds.TfdsVideos
+    if d.tfds_name.split("/")[0] == kp_tfds.BAIR_NAME:
+        name, videos = d.tfds_name, kp_tfds.BairVideos
+    train = videos(name, d.tfds_data_dir, "train", id_sampling=d.id_sampling)
+    try:
+        test = videos(name, d.tfds_data_dir, "test")
+    except (FileNotFoundError, ValueError):
+        test = None
+    want = tuple(d.frame_shape[:2])
+    if train.frame_shape != want:
+        raise ValueError(f"{train.description} holds {train.frame_shape[0]}x{train.frame_shape[1]} frames but "
+                         f"config.data.frame_shape is {want}: prepare the dataset at that size (--frame_size) "
+                         "or set --config.data.frame_shape")
+    return train, test
+
+
+def _loader(batches: PairBatches, total_steps: int, meta: dict, step: int, worker_count: int,
+            workdir: str) -> loaders.Loader:
+    """The run's batches from ``step`` on, at the position a checkpoint's ``meta`` saved (one from
+    before the pipeline kept it starts at ``step``); a one-line ValueError when the two disagree."""
+    source = loaders.PairBatchSource(batches, max(total_steps, step), jax.process_index(), jax.process_count())
+    state = meta.get(loaders.STATE_KEY) or {"start": step, "next_batch": step}
+    if int(state.get("next_batch", -1)) != step:
+        raise ValueError(f"{workdir}: the checkpoint of step {step} saved the input pipeline at batch "
+                         f"{state.get('next_batch')}; was it written by another config? train in a new workdir")
+    return loaders.Loader.resume(source, state, worker_count=int(worker_count))
+
+
+def eval_clips(test: VideoSet | None, config) -> list[np.ndarray]:
     """The first ``train.eval_frames`` frames of the first ``train.eval_clips`` test videos."""
     if test is None:
         return []
@@ -509,7 +528,7 @@ def _train_locked(config, workdir: str) -> dict:
 
     store = CheckpointStore(workdir, keep=t.keep_checkpoints, hint=TRAIN_HINT)
     best = {"l1": math.inf, "step": None}
-    resumed_step = None
+    resumed_step, meta = None, {}
     if store.latest_step() is not None:
         restored_vars, train_part, meta = store.restore(
             "latest", variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng}
@@ -528,6 +547,7 @@ def _train_locked(config, workdir: str) -> dict:
             print(f"resuming {workdir} at step {resumed_step}")
     log = runlog.MetricsLog(workdir, resumed_step, write=main_process)
     state = parallel.replicate(state, mesh)
+    loader = _loader(batches, total_steps, meta, int(state.step), config.data.get("worker_count", 0), workdir)
 
     train_step = make_train_step(nets, config, opt_gen, opt_disc, vgg_apply)
     reconstruct = make_reconstruct(nets)
@@ -558,7 +578,8 @@ def _train_locked(config, workdir: str) -> dict:
 
     def save(step: int, is_best: bool = False) -> None:
         check_diverged(step)
-        meta = {"step": step, "epoch": step / steps_per_epoch, "best_test_l1": best["l1"], BEST_STEP_KEY: best["step"]}
+        meta = {"step": step, "epoch": step / steps_per_epoch, "best_test_l1": best["l1"], BEST_STEP_KEY: best["step"],
+                loaders.STATE_KEY: loader.state()}
         store.save(step, variables_of(state), {"opt_gen": state.opt_gen, "opt_disc": state.opt_disc, "rng": state.rng},
                    meta, is_best=is_best)
 
@@ -588,38 +609,29 @@ def _train_locked(config, workdir: str) -> dict:
         last = evaluate(0)
     host_batch = visuals = None  # the last trained batch and its pictures, for the final samples grid
     bar = progress(total=total_steps, initial=step, desc="fomm", unit="step", disable=not main_process)
-    epoch, skip = divmod(step, steps_per_epoch)
     stop_reason = "schedule done"
     try:
         while step < total_steps:
-            for i, batch in enumerate(prefetch(batches.epoch(epoch))):
-                if i < skip:
-                    continue
-                host_batch = batch
-                state, metrics, visuals = train_step(state, parallel.shard_batch(parallel.process_slice(batch), mesh))
-                step += 1
-                bar.update(1)
-                if step % t.log_every == 0 or step == total_steps:
-                    m = check_diverged(step)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k in ("total", "pixel_l1", "perceptual")})
-                    log.append({"kind": "train", "step": step, "epoch": step / steps_per_epoch, "losses": m,
-                                "lr": float(milestone_schedule(t.lr_generator, milestones)(step))})
-                if t.image_every and step % t.image_every == 0 and main_process:
-                    save_samples(step, host_batch, visuals)
-                if step % eval_every == 0:
-                    last = evaluate(step) or last
-                    if main_process and last:
-                        plot_curves(log.records, curves_path)
-                if t.max_minutes and (time.time() - start) / 60 >= t.max_minutes:
-                    stop_reason = f"time budget of {t.max_minutes:g} min reached"
-                    total_steps = step
-                    break
-                if step >= total_steps:
-                    break
-            epoch += 1
-            skip = 0
-            if epoch % t.checkpoint_freq == 0 and step % eval_every != 0:
+            host_batch = next(loader)
+            state, metrics, visuals = train_step(state, parallel.shard_batch(host_batch, mesh))
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == total_steps:
+                m = check_diverged(step)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k in ("total", "pixel_l1", "perceptual")})
+                log.append({"kind": "train", "step": step, "epoch": step / steps_per_epoch, "losses": m,
+                            "lr": float(milestone_schedule(t.lr_generator, milestones)(step))})
+            if t.image_every and step % t.image_every == 0 and main_process:
+                save_samples(step, host_batch, visuals)
+            if step % eval_every == 0:
+                last = evaluate(step) or last
+                if main_process and last:
+                    plot_curves(log.records, curves_path)
+            elif step % steps_per_epoch == 0 and (step // steps_per_epoch) % t.checkpoint_freq == 0:
                 save(step)
+            if t.max_minutes and (time.time() - start) / 60 >= t.max_minutes:
+                stop_reason = f"time budget of {t.max_minutes:g} min reached"
+                break
     finally:
         bar.close()
     if not last or last["step"] != step:

@@ -1,7 +1,9 @@
 """Training a keypoint forecaster: the state, the jitted steps and the loop (``python -m train.forecaster``).
 
 One readable loop (Flax-examples style): the causal input scaler is fitted on the training split,
-sliding windows of N+M frames are shuffled per epoch (:func:`kpflow.data.epoch_batches`), a jitted
+sliding windows of N+M frames are shuffled per epoch and read through a grain pipeline
+(:class:`kpflow.data.loaders.WindowBatchSource`, the batches of :func:`kpflow.data.epoch_batches`;
+each process loads only its rows, and the position is kept in every checkpoint), a jitted
 :func:`train_step` (clip-by-global-norm + AdamW with a warmup-cosine schedule) runs data-parallel
 over all devices (:mod:`kpflow.parallel`), and after each epoch closed-loop samples on the
 non-overlapping validation windows give the energy score and sample-mean / best-of-S MAE beside
@@ -35,9 +37,9 @@ from kpflow.data import (
     AUGMENTATIONS,
     ClipSet,
     check_long_enough,
-    epoch_batches,
     evaluation_windows,
     load_splits,
+    loaders,
     observed_frames_of_windows,
     parse_horizon,
     stack_windows,
@@ -415,12 +417,13 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
     store = checkpoint.CheckpointStore(workdir, keep=tc.keep_checkpoints)
     bar = None
     try:
-        start_epoch, best, resumed_step = 0, None, None
+        start_epoch, best, resumed_step, meta = 0, None, None, {}
         if store.latest_step() is None:
             state = create_train_state(init_rng, exp.forecaster, example, scaler, tx)
         else:
             state, meta = _restore(store, exp, tx, init_rng, example, scaler, mesh)
             start_epoch, best, resumed_step = int(meta["epoch"]), meta.get("best"), int(meta["step"])
+        loader = _loader(exp, meta, start_epoch)
         saved_step = resumed_step  # the step of the newest checkpoint, for a divergence message
         log = runlog.MetricsLog(workdir, resumed_step, write=main_process)
         if main_process:
@@ -442,11 +445,9 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
         )
         for epoch in range(start_epoch + 1, tc.num_epochs + 1):
             t0 = time.time()
-            batches = epoch_batches(exp.train_windows, int(tc.batch_size), int(tc.seed), epoch,
-                                    tuple(config.data.get("augment", ())))
             step_metrics = []
             for i in range(steps_per_epoch):
-                batch = parallel.shard_batch(parallel.process_slice(next(batches)), mesh, trim=True)
+                batch = parallel.shard_batch(next(loader), mesh, trim=True)
                 state, m = step_fn(state, batch)
                 step_metrics.append(m)
                 bar.update(1)
@@ -483,7 +484,7 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
                 plot_metrics(log.records, os.path.join(workdir, checkpoint.PLOT_FILE), tc.select_metric)
                 last_plot = time.time()
             meta = {"step": record["step"], "epoch": epoch, "val": val, "best": best,
-                    BEST_STEP_KEY: best["step"] if best else None}
+                    BEST_STEP_KEY: best["step"] if best else None, loaders.STATE_KEY: loader.state()}
             store.save(record["step"], state.variables, {"opt_state": state.opt_state, "rng": state.rng}, meta, is_best)
             saved_step = record["step"]
             if main_process:
@@ -499,6 +500,26 @@ def fit(exp: Experiment, stop_after_epoch: int | None = None) -> dict:
             bar.close()  # before an error's line, which then comes last
         store.close()  # waits for the asynchronous saves
     return best or {}
+
+
+def _loader(exp: Experiment, meta: dict, start_epoch: int) -> loaders.Loader:
+    """The run's training batches from epoch ``start_epoch + 1`` on: at the position a checkpoint's
+    ``meta`` saved (a checkpoint from before the pipeline kept one starts at the epoch's first batch).
+    Raises a one-line ValueError when the saved position disagrees with the saved epoch."""
+    tc = exp.config.train
+    source = loaders.WindowBatchSource(
+        exp.train_windows, int(tc.batch_size), int(tc.seed), exp.steps_per_epoch, int(tc.num_epochs),
+        tuple(exp.config.data.get("augment", ())), first_epoch=1,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    first = min(start_epoch, int(tc.num_epochs)) * exp.steps_per_epoch
+    state = meta.get(loaders.STATE_KEY) or {"start": first, "next_batch": first}
+    if int(state.get("next_batch", -1)) != first:
+        raise ValueError(
+            f"{exp.workdir}: the checkpoint of epoch {start_epoch} saved the input pipeline at batch "
+            f"{state.get('next_batch')}, not {first}; was it written by another config? train in a new workdir"
+        )
+    return loaders.Loader.resume(source, state, worker_count=int(exp.config.data.get("worker_count", 0)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: int | None = None) -> dict:
