@@ -1,7 +1,7 @@
 """Extract FOMM keypoints from videos into the shared per-clip ``.npz`` format.
 
 ``python -m eval.extract_keypoints --fomm DIR --videos PATH --out DIR [--batch_size 32]
-[--frame_size H] [--overwrite]``
+[--frame_size H] [--overwrite] [--format npz|tfds --data_dir OUT]``
 
 - ``PATH`` is a folder of videos (anything ``kpflow.data.videos.list_videos`` accepts), a folder in
   FOMM's layout (``train/`` and/or ``test/``; both are processed and mirrored under ``--out``), or
@@ -12,6 +12,10 @@
   ``<out>/<clip name>.npz`` is written with ``kpflow.data.clips.save_clip``: float32
   ``value [T, K, 2]`` and ``jacobian [T, K, 2, 2]``, the format of ``shared/data/vox_keypoints``.
 - Clips whose ``.npz`` exists are skipped unless ``--overwrite``.
+- ``--format tfds --data_dir OUT`` then prepares the TFDS dataset ``kpflow_keypoints/default``
+  (``kpflow.data.prepare.prepare_keypoints``, rebuilt each time) in ``OUT`` from the clips a
+  forecaster trains on: ``--out`` itself, or ``--out/train`` for a FOMM layout (the test clips stay
+  ``.npz`` files for ``eval.forecast``). The default ``--format npz`` writes the ``.npz`` files only.
 - An unreadable video is reported on stderr (file and reason), skipped, and the run goes on; the
   run then ends with one ``error:`` line counting them and exit status 1, so a pipeline notices
   (``kpflow.io.read_videos``, the policy of every command that reads videos). When no video can be
@@ -33,13 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kpflow.cli import EXIT_FAILED, EXIT_USAGE, OneLineArgumentParser, UsageError, run_cli
+from kpflow.cli import EXIT_FAILED, EXIT_USAGE, OneLineArgumentParser, UsageError, one_line, run_cli
 from kpflow.io import check_output_path, extract_keypoints, read_videos, video_run_status
 from kpflow.progress import progress
 from kpflow.runs import load_fomm, load_fomm_config
 
 PROG = "python -m eval.extract_keypoints"
 SPLITS = ("train", "test")
+FORMATS = ("npz", "tfds")
 # The exit status when some videos could not be read (the others were extracted).
 EXIT_FAILED_VIDEOS = EXIT_FAILED
 MAX_LISTED_FAILURES = 10
@@ -70,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize frames to H x H (default: the FOMM config's data.frame_shape)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo clips whose .npz already exists")
+    p.add_argument("--format", choices=FORMATS, default="npz",
+                   help="npz: the .npz files only (default); tfds: also a kpflow_keypoints dataset in --data_dir")
+    p.add_argument("--data_dir", default=None, help="with --format tfds: the TFDS data dir to prepare it in")
     return p
 
 
@@ -136,7 +144,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.frame_size is not None and args.frame_size < 1:
         raise UsageError(f"--frame_size must be >= 1, got {args.frame_size}")
+    if args.format == "tfds" and not args.data_dir:
+        raise UsageError("--format tfds needs --data_dir, the TFDS data dir to prepare the dataset in")
+    if args.format != "tfds" and args.data_dir:
+        raise UsageError("--data_dir applies only with --format tfds")
     check_output_path(args.out, "--out", folder=True)
+    if args.data_dir:
+        check_output_path(args.data_dir, "--data_dir", folder=True)
     config = load_fomm_config(args.fomm)  # before listing videos: the likelier mistake, and cheap
     jobs = find_jobs(args.videos, args.out)
     todo = [(v, o) for v, o in jobs if args.overwrite or not o.exists()]
@@ -164,7 +178,24 @@ def run(args: argparse.Namespace) -> int:
         more = len(names) - MAX_LISTED_FAILURES
         summary += ": " + ", ".join(names[:MAX_LISTED_FAILURES]) + (f" ... ({more} more)" if more > 0 else "")
     print(summary)
+    if args.format == "tfds":
+        print(prepare_extracted(args.out, args.data_dir).summary())
     return video_run_status(skips, PROG)
+
+
+def prepare_extracted(out: str | os.PathLike, data_dir: str | os.PathLike):
+    """Prepare ``kpflow_keypoints/default`` in ``data_dir`` (rebuilt) from the clips under ``out``
+    that a forecaster trains on: ``out/train`` when ``out`` mirrors a FOMM layout, else ``out``.
+    Returns the :class:`kpflow.data.prepare.Prepared`; UsageError (one line) when there are no
+    clips or one is malformed."""
+    from kpflow.data.prepare import prepare_keypoints
+
+    out = Path(out)
+    folder = out / "train" if (out / "train").is_dir() or (out / "test").is_dir() else out
+    try:
+        return prepare_keypoints(folder, data_dir, overwrite=True)
+    except (ValueError, OSError, ImportError) as e:
+        raise UsageError(f"--format tfds: {one_line(e)}") from None
 
 
 def extract_all(fomm, videos: Iterator[tuple[Path, np.ndarray]], out_of: dict[Path, Path], batch_size: int,

@@ -119,6 +119,7 @@ COMMANDS = {
     "eval.extract_keypoints": argparse_main("eval.extract_keypoints"),
     "eval.bench": argparse_main("eval.bench"),
     "kpflow.data.make_synthetic": argparse_main("kpflow.data.make_synthetic"),
+    "kpflow.data.prepare": argparse_main("kpflow.data.prepare"),
 }
 
 
@@ -171,6 +172,19 @@ CASES = {
                                  "huge"),
     "fomm/missing data dir": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run",
                                              "--config.data.dir={missing}"], "no_such_thing"),
+    "fomm/unknown data kind": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run",
+                                              "--config.data.kind=hdf5"], "config.data.kind must be one of"),
+    "fomm/tfds without a data dir": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run",
+                                                    "--config.data.kind=tfds"], "--config.data.tfds_data_dir"),
+    "forecaster/tfds not prepared": ("train.forecaster", ["--config", "configs/demo.py", "--workdir", "{tmp}/r",
+                                                          "--config.data.kind=tfds",
+                                                          "--config.data.tfds_data_dir={tmp}/none"],
+                                     "python -m kpflow.data.prepare"),
+    # kpflow.data.prepare
+    "prepare/missing source": ("kpflow.data.prepare", ["--kind", "keypoints", "--src", "{missing}",
+                                                       "--data_dir", "{tmp}/d"], "no_such_thing"),
+    "prepare/text file as a clip": ("kpflow.data.prepare", ["--kind", "keypoints", "--src", "{text_npz_dir}",
+                                                            "--data_dir", "{tmp}/d"], "spk#clip.npz"),
     "fomm/no readable video": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run",
                                               "--config.data.dir={bad_videos}"], "none of the 2 videos"),
     "fomm/batch size 0": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run", "--config.data.dir={videos}",

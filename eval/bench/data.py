@@ -97,8 +97,8 @@ def _pipelines(args: argparse.Namespace, root: Path, tmp: Path) -> dict[str, Any
         from kpflow.data.tfds import TfdsVideos
 
         data_dir = tmp / "tfds"
-        name = prepare_videos(str(root), str(data_dir), frame_size=args.frame_size)
-        videos = TfdsVideos(name, str(data_dir), "train")
+        prepared = prepare_videos(str(root), str(data_dir), frame_size=args.frame_size)
+        videos = TfdsVideos(prepared.name, str(data_dir), "train")
         tfds_batches = PairBatches(videos, args.batch_size, num_repeats=batches.num_repeats, seed=0, augment=augment)
         for w in args.workers:
             pipelines[f"grain, tfds, {w} workers"] = (

@@ -1,0 +1,251 @@
+"""``kpflow_videos``: a FOMM-layout video folder as a TFDS dataset, and :class:`TfdsVideos` to read it.
+
+The source is FOMM's layout, ``root/train/`` and ``root/test/`` (either may be absent) of videos in
+any format :func:`kpflow.data.videos.decode_video` reads (mp4, gif, png frame strips, frame
+folders). Each video becomes one example: its frames resized to ``S x S`` as
+``decode_video(path, (S, S))`` resizes them (so :class:`kpflow.data.video_pairs.VideoFolder` with
+``frame_shape=(S, S)`` reads the same pixels), stored one encoded image per frame (PNG, lossless,
+by default) so that a reader decodes only the frames it needs; plus the clip name, its identity and
+its frame count. Examples keep the sorted name order of ``VideoFolder``, and the dataset's metadata
+holds every split's names and frame counts, so a reader plans pairs without reading a record.
+
+Configs ``64``, ``128`` and ``256`` (the default): the frame size. Prepare with
+``python -m kpflow.data.prepare --kind videos --src ROOT --data_dir OUT --frame_size 256``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from kpflow.data.tfds import FOMM_CITATION, FOMM_HOMEPAGE, open_prepared, require_tfds
+from kpflow.data.tfds.keypoints import manual_folder
+from kpflow.data.video_pairs import VideoSet
+from kpflow.data.videos import (
+    NO_VIDEOS_HINT,
+    VideoReadError,
+    decode_video,
+    identity_of,
+    list_videos,
+    video_name,
+)
+from kpflow.progress import progress
+
+tfds = require_tfds()
+
+NAME = "kpflow_videos"
+SPLITS = ("train", "test")
+FRAME_SIZES = (64, 128, 256)
+DEFAULT_FRAME_SIZE = 256
+ENCODINGS = ("png", "jpeg")
+# The dataset's metadata key holding {split: {"names": [...], "num_frames": [...]}}.
+INDEX_KEY = "videos"
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+A video dataset in the layout of the First Order Motion Model: ROOT/train/ and ROOT/test/ (either
+may be missing) holding videos as .mp4/.mov/.avi/.gif files, .png/.jpg frame strips (frames side by
+side) or folders of frame images, named <identity>#...; e.g. VoxCeleb as FOMM's
+load_videos.py writes it, or `python -m kpflow.data.synthetic_video --out ROOT`.
+Pass ROOT as the manual dir: `python -m kpflow.data.prepare --kind videos --src ROOT --data_dir OUT`.
+"""
+WHAT_TO_PUT = f"give a folder with train/ and/or test/ sub-folders of videos ({NO_VIDEOS_HINT})"
+
+
+def prepare_command(name: str = NAME, data_dir: str = "OUT") -> str:
+    """The command that prepares ``name`` (for the messages)."""
+    config = name.split("/", 1)[1].split(":", 1)[0] if "/" in name else str(DEFAULT_FRAME_SIZE)
+    size, _, encoding = config.partition("-")
+    flags = f" --frame_size {size}" if size.isdigit() else ""
+    flags += f" --encoding {encoding}" if encoding else ""
+    return f"`python -m kpflow.data.prepare --kind videos --src ROOT --data_dir {data_dir}{flags}`"
+
+
+@dataclasses.dataclass(eq=False)
+class KpflowVideosConfig(tfds.core.BuilderConfig):
+    """Frames resized to ``frame_size`` x ``frame_size`` and stored as ``encoding`` images."""
+
+    frame_size: int = DEFAULT_FRAME_SIZE
+    encoding: str = "png"
+
+
+def videos_config(frame_size: int = DEFAULT_FRAME_SIZE, encoding: str = "png") -> KpflowVideosConfig:
+    """The config of ``frame_size`` and ``encoding``, named ``<size>`` for PNG and
+    ``<size>-jpeg`` for JPEG. Raises a one-line ValueError for a size < 1 or another encoding."""
+    frame_size = int(frame_size)
+    if frame_size < 1:
+        raise ValueError(f"frame_size must be >= 1, got {frame_size}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    lossless = "lossless PNG" if encoding == "png" else "JPEG (lossy)"
+    return KpflowVideosConfig(
+        name=str(frame_size) if encoding == "png" else f"{frame_size}-{encoding}",
+        description=f"frames resized to {frame_size}x{frame_size}, stored as {lossless} images",
+        frame_size=frame_size, encoding=encoding)
+
+
+def _checked_8bit(frames: np.ndarray, path: Path) -> np.ndarray:
+    """``frames`` if 8-bit; VideoReadError otherwise: a deeper video's values cannot be stored in 8-bit
+    images without rounding, and the folder reader would not round them."""
+    if frames.dtype != np.uint8:
+        raise VideoReadError(f"{path}: frames are not 8-bit (decoded as {frames.dtype}); kpflow_videos "
+                             "stores 8-bit images: convert the video to 8-bit, or train from the folder")
+    return frames
+
+
+class KpflowVideos(tfds.core.GeneratorBasedBuilder):
+    """FOMM-layout videos at a fixed frame size, one example per video."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "First release: frames as PNG images, train and test splits."}
+    BUILDER_CONFIGS: ClassVar[list] = [videos_config(size) for size in FRAME_SIZES]
+    DEFAULT_CONFIG_NAME = str(DEFAULT_FRAME_SIZE)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    # See KpflowKeypoints.code_path: TFDS's own lookup needs the importlib_resources backport.
+    code_path = tfds.core.Path(__file__)
+
+    def _info(self):
+        size, encoding = self.builder_config.frame_size, self.builder_config.encoding
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(
+                "Videos in the layout of the First Order Motion Model (train/ and test/ folders), "
+                f"frames resized to {size}x{size} and stored one {encoding.upper()} image each, with "
+                "each clip's name, identity (the name's prefix before the first #) and frame count."),
+            features=tfds.features.FeaturesDict({
+                "frames": tfds.features.Sequence(
+                    tfds.features.Image(shape=(size, size, 3), encoding_format=encoding),
+                    doc="the video's frames [T, S, S, 3] uint8"),
+                "name": tfds.features.Text(doc="the clip name (the file name without its extension)"),
+                "identity": tfds.features.Text(doc="the clip name's prefix before the first #"),
+                "num_frames": tfds.features.Scalar(dtype=np.int32, doc="T"),
+            }),
+            disable_shuffling=True,  # records in sorted name order, as VideoFolder lists them
+            metadata=tfds.core.MetadataDict(),
+            homepage=FOMM_HOMEPAGE,
+            citation=FOMM_CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        root = Path(manual_folder(dl_manager, WHAT_TO_PUT))
+        splits = [s for s in SPLITS if (root / s).is_dir()]
+        if not splits:
+            raise FileNotFoundError(f"{root} has no train/ or test/ folder; {WHAT_TO_PUT}")
+        self.info.metadata[INDEX_KEY] = {}
+        return {split: self._generate_examples(split, list_videos(root / split)) for split in splits}
+
+    def _generate_examples(self, split: str, paths: list[Path]):
+        size = self.builder_config.frame_size
+        index = self.info.metadata[INDEX_KEY][split] = {"names": [], "num_frames": []}
+        for key, path in enumerate(progress(paths, desc=f"writing {split}", unit="video", delay=1)):
+            frames = _checked_8bit(decode_video(path, (size, size)), path)
+            name = video_name(path)
+            index["names"].append(name)
+            index["num_frames"].append(len(frames))
+            # Integer keys: with disable_shuffling, records are written in key order.
+            yield key, {"frames": frames, "name": name, "identity": identity_of(name),
+                        "num_frames": np.int32(len(frames))}
+
+
+class _KeepEncoded(tfds.decode.Decoder):
+    """Leaves a sequence of images encoded (a list of PNG/JPEG bytes), for NumPy data sources too
+    (``tfds.decode.SkipDecoding`` has no NumPy path for sequences)."""
+
+    def decode_example(self, serialized_example):
+        return serialized_example
+
+    def decode_example_np(self, serialized_example):
+        return serialized_example
+
+    def decode_batch_example_np(self, serialized_examples):
+        return list(serialized_examples)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """One stored frame (PNG or JPEG bytes) -> ``[H, W, 3]`` uint8."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class TfdsVideos(VideoSet):
+    """One split of a prepared ``kpflow_videos`` dataset, read as FOMM training pairs and videos.
+
+    Video ``i`` is the split's ``i``-th example: the same clip, frames and order as
+    :class:`kpflow.data.video_pairs.VideoFolder` gives for the folder it was prepared from, with
+    ``frame_shape`` the dataset's frame size. Frame counts come from the dataset's metadata, and
+    :meth:`frames_at` decodes only the frames asked for, so a training pair costs two image
+    decodes. Picklable (for grain worker processes): the reader is reopened lazily in each process.
+
+    Args:
+      name: ``kpflow_videos/<config>`` (e.g. ``kpflow_videos/256``), optionally ``:<version>``.
+      data_dir: the TFDS data dir it was prepared in.
+      split: ``"train"`` or ``"test"``.
+      id_sampling: FOMM's ``id_sampling`` (see ``VideoFolder``).
+
+    Raises:
+      FileNotFoundError: one line, when the dataset is not prepared in ``data_dir``.
+      ValueError: one line listing the splits there, when ``split`` is not one of them.
+    """
+
+    def __init__(self, name: str, data_dir: str | os.PathLike, split: str = "train", id_sampling: bool = False):
+        self.name = name
+        self.data_dir = os.fspath(data_dir)
+        self.split = split
+        self.id_sampling = bool(id_sampling)
+        builder = open_prepared(name, self.data_dir, prepare_command(name, self.data_dir))
+        splits = sorted(builder.info.splits)
+        if split not in splits:
+            raise ValueError(f"{name} in {self.data_dir} has no {split!r} split; its splits: {', '.join(splits)}")
+        index = (builder.info.metadata or {}).get(INDEX_KEY, {}).get(split)
+        if index is None:
+            raise ValueError(f"{name} in {self.data_dir} has no video index in its metadata; "
+                             f"is it a kpflow_videos dataset? Prepare one: {prepare_command(name, self.data_dir)}")
+        frames = builder.info.features["frames"]
+        self.frame_shape = tuple(int(s) for s in frames.shape[1:3])
+        self.description = f"tfds:{name} [{split}] in {self.data_dir}"
+        self._num_frames = [int(n) for n in index["num_frames"]]
+        self._builder = builder
+        self._source = None
+        self._index(index["names"])
+
+    def __repr__(self) -> str:
+        return (f"TfdsVideos({self.name!r}, {self.data_dir!r}, {self.split!r}, {len(self.names)} videos, "
+                f"{len(self.ids)} ids, frame_shape={self.frame_shape}, id_sampling={self.id_sampling})")
+
+    def __getstate__(self) -> dict:
+        """Pickled without the open reader: each process opens its own."""
+        state = dict(self.__dict__)
+        state["_builder"] = state["_source"] = None
+        return state
+
+    def _record(self, video_index: int) -> dict:
+        """Example ``video_index`` with its frames still encoded."""
+        if self._source is None:
+            if self._builder is None:
+                self._builder = open_prepared(self.name, self.data_dir, prepare_command(self.name, self.data_dir))
+            self._source = self._builder.as_data_source(split=self.split, decoders={"frames": _KeepEncoded()})
+        record = self._source[video_index]
+        name = record["name"].decode("utf-8")
+        if name != self.names[video_index]:
+            raise ValueError(f"{self.description}: example {video_index} is {name!r} but the metadata "
+                             f"says {self.names[video_index]!r}; prepare the dataset again")
+        return record
+
+    def num_frames(self, video_index: int) -> int:
+        return self._num_frames[video_index]
+
+    def _frames(self, video_index: int) -> np.ndarray:
+        """Video ``video_index``: ``[T, S, S, 3]`` uint8."""
+        return np.stack([decode_image(f) for f in self._record(video_index)["frames"]])
+
+    def frames_at(self, video_index: int, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of video ``video_index``, ``[len(indices), S, S, 3]`` uint8; only those
+        are decoded."""
+        encoded = self._record(video_index)["frames"]
+        return np.stack([decode_image(encoded[int(i)]) for i in indices])
