@@ -3,7 +3,7 @@
 #   make test     the test suite (creates .venv and installs kpflow[dev,torch,call,tfds] on first use)
 #   make e2e      the browser test of the call's viewer (tests/e2e; installs Debian's chromium if missing)
 #   make demo     generated videos -> tiny FOMM -> keypoints -> VRNN, GRU-NF -> keypoint and video evaluation (demo_out/)
-#   make bench    forecaster sampling, FOMM, end-to-end pipeline and real-time protocol speed (runs/bench_*.json)
+#   make bench    forecaster sampling, FOMM, pipeline, real-time protocol, call and input pipeline speed (runs/bench_*.json)
 #   make lint     ruff
 #   make lock     refresh constraints.txt (the versions make installs) from a fresh, unpinned install
 #   make torch    the optional PyTorch extra (checkpoint conversion, parity tests)
@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) -m eval.bench pipeline --samples 10 --out runs/bench_pipeline.json
 	$(PY) -m eval.bench realtime --repeats 3 --out runs/bench_realtime.json
 	$(PY) -m eval.bench call --out runs/bench_call.json
+	$(PY) -m eval.bench data --frame_size 64 --out runs/bench_data.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kpflow train eval configs tests notebooks

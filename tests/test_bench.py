@@ -350,3 +350,17 @@ def test_call_benchmark_runs_loopback_calls_and_writes_its_schema(tmp_path, caps
     for c in r["concurrent"]:
         assert 0 < c["min_rendered_share"] <= 1 and c["sustained"] == (c["min_rendered_share"] >= 0.95)
     assert "concurrent call(s) at 64x64" in capsys.readouterr().out
+
+
+def test_data_benchmark_times_each_pipeline_and_writes_its_schema(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    r = bench.main(["data", "--frame_size", "16", "--workers", "0", "1", "--batch_size", "2", "--batches", "2",
+                    "--rounds", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    assert list(r["pipelines"]) == ["folder reader", "grain, folder, 0 workers", "grain, folder, 1 workers"]
+    for p in r["pipelines"].values():
+        assert p["pairs_per_s"] > 0 and len(p["blocks_pairs_per_s"]) == 1
+    assert r["pipelines"]["folder reader"]["vs_folder_reader"] == 1.0
+    assert "grain, folder, 1 workers" in capsys.readouterr().out
+    assert "--batches" in one_line_exit(["data", "--batches", "0"])
+    assert "is not a folder" in one_line_exit(["data", "--videos", str(tmp_path / "nope")])

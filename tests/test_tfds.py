@@ -195,7 +195,7 @@ def test_manual_dir_checked_by_the_builder_too(tmp_path):
 def test_videos_equal_the_folder_reader(video_root, video_data):
     data_dir, prepared = video_data
     assert prepared.name == f"kpflow_videos/{FRAME_SIZE}"
-    assert prepared.num_examples == {"test": 2, "train": 4}
+    assert prepared.num_examples == {"test": 2 * 8, "train": 4 * 8}  # one example per frame
     for split in ("train", "test"):
         videos = kp_tfds.TfdsVideos(prepared.name, data_dir, split)
         folder = VideoFolder(video_root, split, frame_shape=(FRAME_SIZE, FRAME_SIZE))

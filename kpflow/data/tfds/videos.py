@@ -2,12 +2,14 @@
 
 The source is FOMM's layout, ``root/train/`` and ``root/test/`` (either may be absent) of videos in
 any format :func:`kpflow.data.videos.decode_video` reads (mp4, gif, png frame strips, frame
-folders). Each video becomes one example: its frames resized to ``S x S`` as
-``decode_video(path, (S, S))`` resizes them (so :class:`kpflow.data.video_pairs.VideoFolder` with
-``frame_shape=(S, S)`` reads the same pixels), stored one encoded image per frame (PNG, lossless,
-by default) so that a reader decodes only the frames it needs; plus the clip name, its identity and
-its frame count. Examples keep the sorted name order of ``VideoFolder``, and the dataset's metadata
-holds every split's names and frame counts, so a reader plans pairs without reading a record.
+folders). Each *frame* becomes one example: the frame resized to ``S x S`` as
+``decode_video(path, (S, S))`` resizes it (so :class:`kpflow.data.video_pairs.VideoFolder` with
+``frame_shape=(S, S)`` reads the same pixels) and stored as one encoded image (PNG, lossless, by
+default), with its clip's name, identity, frame index and frame count. A training pair then reads
+two small records: one record per video would make a reader load every frame of a clip (tens of
+megabytes at 256x256) to decode two. Records follow the sorted name order of ``VideoFolder`` and
+frame order within a clip, and the dataset's metadata holds every split's names, frame counts and
+first records, so a reader plans pairs without reading a record and finds a frame directly.
 
 Configs ``64``, ``128`` and ``256`` (the default): the frame size. Prepare with
 ``python -m kpflow.data.prepare --kind videos --src ROOT --data_dir OUT --frame_size 256``.
@@ -45,7 +47,8 @@ SPLITS = ("train", "test")
 FRAME_SIZES = (64, 128, 256)
 DEFAULT_FRAME_SIZE = 256
 ENCODINGS = ("png", "jpeg")
-# The dataset's metadata key holding {split: {"names": [...], "num_frames": [...]}}.
+# The dataset's metadata key holding {split: {"names": [...], "num_frames": [...], "starts": [...]}}
+# (starts: each clip's first record).
 INDEX_KEY = "videos"
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 A video dataset in the layout of the First Order Motion Model: ROOT/train/ and ROOT/test/ (either
@@ -99,11 +102,11 @@ def _checked_8bit(frames: np.ndarray, path: Path) -> np.ndarray:
 
 
 class KpflowVideos(tfds.core.GeneratorBasedBuilder):
-    """FOMM-layout videos at a fixed frame size, one example per video."""
+    """FOMM-layout videos at a fixed frame size, one example per frame, clip after clip."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "First release: frames as PNG images, train and test splits."}
+        "1.0.0": "First release: one example per frame (PNG), train and test splits."}
     BUILDER_CONFIGS: ClassVar[list] = [videos_config(size) for size in FRAME_SIZES]
     DEFAULT_CONFIG_NAME = str(DEFAULT_FRAME_SIZE)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -116,15 +119,16 @@ class KpflowVideos(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=(
                 "Videos in the layout of the First Order Motion Model (train/ and test/ folders), "
-                f"frames resized to {size}x{size} and stored one {encoding.upper()} image each, with "
-                "each clip's name, identity (the name's prefix before the first #) and frame count."),
+                f"one example per frame, resized to {size}x{size} and stored as a {encoding.upper()} "
+                "image, with its clip's name, identity (the name's prefix before the first #), the "
+                "frame's index and the clip's frame count; clips in sorted name order, frames in order."),
             features=tfds.features.FeaturesDict({
-                "frames": tfds.features.Sequence(
-                    tfds.features.Image(shape=(size, size, 3), encoding_format=encoding),
-                    doc="the video's frames [T, S, S, 3] uint8"),
+                "image": tfds.features.Image(shape=(size, size, 3), encoding_format=encoding,
+                                             doc="the frame [S, S, 3] uint8"),
                 "name": tfds.features.Text(doc="the clip name (the file name without its extension)"),
                 "identity": tfds.features.Text(doc="the clip name's prefix before the first #"),
-                "num_frames": tfds.features.Scalar(dtype=np.int32, doc="T"),
+                "frame": tfds.features.Scalar(dtype=np.int32, doc="the frame's index in its clip"),
+                "num_frames": tfds.features.Scalar(dtype=np.int32, doc="the clip's frame count T"),
             }),
             disable_shuffling=True,  # records in sorted name order, as VideoFolder lists them
             metadata=tfds.core.MetadataDict(),
@@ -142,20 +146,24 @@ class KpflowVideos(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, paths: list[Path]):
         size = self.builder_config.frame_size
-        index = self.info.metadata[INDEX_KEY][split] = {"names": [], "num_frames": []}
-        for key, path in enumerate(progress(paths, desc=f"writing {split}", unit="video", delay=1)):
+        index = self.info.metadata[INDEX_KEY][split] = {"names": [], "num_frames": [], "starts": []}
+        key = 0
+        for path in progress(paths, desc=f"writing {split}", unit="video", delay=1):
             frames = _checked_8bit(decode_video(path, (size, size)), path)
             name = video_name(path)
             index["names"].append(name)
             index["num_frames"].append(len(frames))
-            # Integer keys: with disable_shuffling, records are written in key order.
-            yield key, {"frames": frames, "name": name, "identity": identity_of(name),
-                        "num_frames": np.int32(len(frames))}
+            index["starts"].append(key)
+            for t, frame in enumerate(frames):
+                # Integer keys: with disable_shuffling, records are written in key order.
+                yield key, {"image": frame, "name": name, "identity": identity_of(name), "frame": np.int32(t),
+                            "num_frames": np.int32(len(frames))}
+                key += 1
 
 
 class _KeepEncoded(tfds.decode.Decoder):
-    """Leaves a sequence of images encoded (a list of PNG/JPEG bytes), for NumPy data sources too
-    (``tfds.decode.SkipDecoding`` has no NumPy path for sequences)."""
+    """Leaves an image encoded (PNG/JPEG bytes), for NumPy data sources too; decoded by
+    :func:`decode_image`, in the process that reads it."""
 
     def decode_example(self, serialized_example):
         return serialized_example
@@ -180,7 +188,8 @@ class TfdsVideos(VideoSet):
     :class:`kpflow.data.video_pairs.VideoFolder` gives for the folder it was prepared from, with
     ``frame_shape`` the dataset's frame size. Frame counts come from the dataset's metadata, and
     :meth:`frames_at` decodes only the frames asked for, so a training pair costs two image
-    decodes. Picklable (for grain worker processes): the reader is reopened lazily in each process.
+    decodes and two small reads. Picklable (for grain worker processes): the reader is reopened
+    lazily in each process.
 
     Args:
       name: ``kpflow_videos/<config>`` (e.g. ``kpflow_videos/256``), optionally ``:<version>``.
@@ -206,10 +215,10 @@ class TfdsVideos(VideoSet):
         if index is None:
             raise ValueError(f"{name} in {self.data_dir} has no video index in its metadata; "
                              f"is it a kpflow_videos dataset? Prepare one: {prepare_command(name, self.data_dir)}")
-        frames = builder.info.features["frames"]
-        self.frame_shape = tuple(int(s) for s in frames.shape[1:3])
+        self.frame_shape = tuple(int(s) for s in builder.info.features["image"].shape[:2])
         self.description = f"tfds:{name} [{split}] in {self.data_dir}"
         self._num_frames = [int(n) for n in index["num_frames"]]
+        self._starts = [int(n) for n in index["starts"]]
         self._builder = builder
         self._source = None
         self._index(index["names"])
@@ -224,28 +233,31 @@ class TfdsVideos(VideoSet):
         state["_builder"] = state["_source"] = None
         return state
 
-    def _record(self, video_index: int) -> dict:
-        """Example ``video_index`` with its frames still encoded."""
+    def _record(self, video_index: int, t: int) -> bytes:
+        """Frame ``t`` of video ``video_index``, still encoded."""
         if self._source is None:
             if self._builder is None:
                 self._builder = open_prepared(self.name, self.data_dir, prepare_command(self.name, self.data_dir))
-            self._source = self._builder.as_data_source(split=self.split, decoders={"frames": _KeepEncoded()})
-        record = self._source[video_index]
-        name = record["name"].decode("utf-8")
-        if name != self.names[video_index]:
-            raise ValueError(f"{self.description}: example {video_index} is {name!r} but the metadata "
-                             f"says {self.names[video_index]!r}; prepare the dataset again")
-        return record
+            self._source = self._builder.as_data_source(split=self.split, decoders={"image": _KeepEncoded()})
+        if not 0 <= t < self._num_frames[video_index]:
+            raise IndexError(f"{self.description}: frame {t} of {self.names[video_index]!r} is outside its "
+                             f"{self._num_frames[video_index]} frames")
+        record = self._source[self._starts[video_index] + t]
+        name, frame = record["name"].decode("utf-8"), int(record["frame"])
+        if (name, frame) != (self.names[video_index], t):
+            raise ValueError(f"{self.description}: record {self._starts[video_index] + t} is frame {frame} of "
+                             f"{name!r} but the metadata says frame {t} of {self.names[video_index]!r}; "
+                             "prepare the dataset again")
+        return record["image"]
 
     def num_frames(self, video_index: int) -> int:
         return self._num_frames[video_index]
 
     def _frames(self, video_index: int) -> np.ndarray:
         """Video ``video_index``: ``[T, S, S, 3]`` uint8."""
-        return np.stack([decode_image(f) for f in self._record(video_index)["frames"]])
+        return self.frames_at(video_index, range(self._num_frames[video_index]))
 
     def frames_at(self, video_index: int, indices: Sequence[int]) -> np.ndarray:
         """Frames ``indices`` of video ``video_index``, ``[len(indices), S, S, 3]`` uint8; only those
-        are decoded."""
-        encoded = self._record(video_index)["frames"]
-        return np.stack([decode_image(encoded[int(i)]) for i in indices])
+        are read and decoded."""
+        return np.stack([decode_image(self._record(video_index, int(t))) for t in indices])
