@@ -472,3 +472,20 @@ def test_fomm_reads_a_prepared_video_dataset_as_its_folder(video_root, video_dat
     config.data.tfds_data_dir = ""
     with pytest.raises(ValueError, match="needs --config.data.tfds_name and --config.data.tfds_data_dir"):
         fomm_lib.load_data(config)
+
+
+def test_a_dataset_records_the_checksum_of_every_source(keypoint_folder, keypoint_data, video_root, video_data):
+    import hashlib
+
+    data_dir, default, _ = keypoint_data
+    sources = tfds.builder(default.name, data_dir=data_dir).info.metadata[kp_tfds.SOURCES_KEY]
+    files = sorted(f for f in os.listdir(keypoint_folder) if f.endswith(".npz"))
+    assert sorted(sources) == files
+    for f in files:
+        data = open(os.path.join(keypoint_folder, f), "rb").read()
+        assert sources[f] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    video_dir, prepared = video_data
+    sources = tfds.builder(prepared.name, data_dir=video_dir).info.metadata[kp_tfds.SOURCES_KEY]
+    videos = sorted(os.path.relpath(os.path.join(d, f), video_root) for d, _, names in os.walk(video_root)
+                    for f in names)
+    assert sorted(sources) == videos and all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in sources.values())

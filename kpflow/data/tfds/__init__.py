@@ -54,6 +54,7 @@ __all__ = [
     "BAIR_NAME",
     "FOMM_CITATION",
     "FOMM_HOMEPAGE",
+    "SOURCES_KEY",
     "TFDS_EXTRA_HINT",
     "BairVideos",
     "KpflowKeypoints",
@@ -67,6 +68,7 @@ __all__ = [
     "open_prepared",
     "require_tensorflow",
     "require_tfds",
+    "source_digest",
     "videos_config",
 ]
 
@@ -94,6 +96,31 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     require_tfds()
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+# The dataset metadata key holding {source file (relative to the manual dir): {"bytes", "sha256"}}.
+SOURCES_KEY = "sources"
+_HASH_CHUNK = 1 << 20
+
+
+def source_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"bytes": n, "sha256": hex}`` of a source file, or of a folder (frame folders): its files in
+    sorted order, each hashed as its name then its contents. A prepared dataset keeps one per
+    source in its metadata (:data:`SOURCES_KEY`), so it says exactly which inputs it was built from."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    path = os.fspath(path)
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    for file in files:
+        if file != path:
+            digest.update(os.path.relpath(file, path).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def _prepared_there(data_dir: str, dataset: str) -> list[str]:

@@ -28,7 +28,14 @@ from kpflow.data.clips import (
     split_by_list,
     split_by_speaker,
 )
-from kpflow.data.tfds import FOMM_CITATION, FOMM_HOMEPAGE, open_prepared, require_tfds
+from kpflow.data.tfds import (
+    FOMM_CITATION,
+    FOMM_HOMEPAGE,
+    SOURCES_KEY,
+    open_prepared,
+    require_tfds,
+    source_digest,
+)
 from kpflow.keypoints import check_series, keypoints_to_vector, vector_to_keypoints
 from kpflow.progress import progress
 
@@ -158,6 +165,7 @@ class KpflowKeypoints(tfds.core.GeneratorBasedBuilder):
                 "speaker": tfds.features.Text(doc="the clip name's prefix before the first #"),
             }),
             disable_shuffling=True,  # records in sorted clip order
+            metadata=tfds.core.MetadataDict(),  # SOURCES_KEY: each source file's size and SHA-256
             homepage=FOMM_HOMEPAGE,
             citation=FOMM_CITATION,
         )
@@ -170,6 +178,7 @@ class KpflowKeypoints(tfds.core.GeneratorBasedBuilder):
         # load_folder's reading: every file checked, a bad one is a one-line error naming it.
         clips = ClipSet({f[: -len(".npz")]: load_clip(os.path.join(folder, f))
                          for f in progress(files, desc="reading clips", unit="clip", delay=1)}, source=folder)
+        self.info.metadata[SOURCES_KEY] = {f: source_digest(os.path.join(folder, f)) for f in files}
         train, validation = self.builder_config.split(clips)
         return {"train": self._generate_examples(train, "train"),
                 "validation": self._generate_examples(validation, "validation")}

@@ -27,7 +27,14 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from kpflow.data.tfds import FOMM_CITATION, FOMM_HOMEPAGE, open_prepared, require_tfds
+from kpflow.data.tfds import (
+    FOMM_CITATION,
+    FOMM_HOMEPAGE,
+    SOURCES_KEY,
+    open_prepared,
+    require_tfds,
+    source_digest,
+)
 from kpflow.data.tfds.keypoints import manual_folder
 from kpflow.data.video_pairs import VideoSet
 from kpflow.data.videos import (
@@ -142,6 +149,8 @@ class KpflowVideos(tfds.core.GeneratorBasedBuilder):
         if not splits:
             raise FileNotFoundError(f"{root} has no train/ or test/ folder; {WHAT_TO_PUT}")
         self.info.metadata[INDEX_KEY] = {}
+        self.info.metadata[SOURCES_KEY] = {}
+        self._root = root
         return {split: self._generate_examples(split, list_videos(root / split)) for split in splits}
 
     def _generate_examples(self, split: str, paths: list[Path]):
@@ -150,6 +159,7 @@ class KpflowVideos(tfds.core.GeneratorBasedBuilder):
         key = 0
         for path in progress(paths, desc=f"writing {split}", unit="video", delay=1):
             frames = _checked_8bit(decode_video(path, (size, size)), path)
+            self.info.metadata[SOURCES_KEY][os.path.relpath(path, self._root)] = source_digest(path)
             name = video_name(path)
             index["names"].append(name)
             index["num_frames"].append(len(frames))
