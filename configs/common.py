@@ -8,9 +8,12 @@ A config file's ``get_config(arg)`` receives the text after the ``:`` of
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from kpflow.data.windows import parse_horizon
+from kpflow.forecast import io
 
 # The papers' horizons per dataset (observed-predicted frames); any N-M is accepted.
 HORIZONS = {
@@ -52,6 +55,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             raise ValueError(f"unknown config flag {part!r}; flags: {', '.join(flags) or 'none'}")
     return ml_collections.ConfigDict(opts)
+
+
+def model_io(preset: str) -> ml_collections.ConfigDict:
+    """``config.model.io``, every field of the shared input/output layer (kpflow.forecast.io) at
+    ``preset``: "shared" (relative inputs, adaptive step scale, damped momentum, sign invariance,
+    residual steps) or "plain" (the papers' inputs: the frame and its step; residual steps).
+    Each field can then be overridden: ``--config.model.io.momentum=False``."""
+    if preset not in io.PRESETS:
+        raise ValueError(f"config option io={preset!r}: choose one of {', '.join(io.PRESETS)}")
+    return ml_collections.ConfigDict(dataclasses.asdict(io.PRESETS[preset]))
 
 
 def base_config(dataset: str, horizon: str, variant: str) -> ml_collections.ConfigDict:

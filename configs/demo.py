@@ -5,7 +5,8 @@ r"""The demo: a model's ``:cpu`` config, shrunk to train in a minute or two on a
         --workdir /tmp/demo_grunf
 
 The argument names the model (vrnn by default; any of gru, vae, nf, vrnn, grunf) and may add
-``horizon=N-M``. No files needed: the clips are regenerated from ``config.data.synthetic``.
+``horizon=N-M`` and ``io=shared`` or ``io=plain`` (the input/output layer; by default the model's
+``:cpu`` one: shared for vrnn and grunf, plain for gru, vae and nf). No files needed: the clips are regenerated from ``config.data.synthetic``.
 ``make demo`` (scripts/demo.sh) trains the VRNN and the GRU-NF with it on the keypoints a tiny FOMM
 extracted from generated videos (``--config.data.kind=npz --config.data.dir=...``).
 
@@ -48,12 +49,13 @@ def get_config(arg=None):
     try:
         # ``cpu`` is accepted and changes nothing: the demo is a :cpu config.
         rest = ",".join(w for w in words if w not in MODELS)
-        opts = common.parse_arg(rest, cpu=False, horizon="6-6")
+        opts = common.parse_arg(rest, cpu=False, horizon="6-6", io="")
         config = common.base_config("synthetic", opts.horizon, "demo")
     except ValueError as e:
         raise ValueError(f"{e}; configs/demo.py also takes a model: {', '.join(MODELS)}") from None
 
-    cpu = importlib.import_module(f"configs.{model}_vox").get_config(f"cpu,horizon={opts.horizon}")
+    layer = f",io={opts.io}" if opts.io else ""  # else the :cpu config's own
+    cpu = importlib.import_module(f"configs.{model}_vox").get_config(f"cpu,horizon={opts.horizon}{layer}")
     config.model = cpu.model
     config.model.update(NARROWER[model])
     config.data.augment = cpu.data.augment

@@ -4,6 +4,9 @@ on VoxCeleb keypoints.
 Options after the ``:``: ``cpu`` (the small model and short schedule below, for a 2-core CPU;
 without it, the papers' sizes) and ``horizon=N-M`` (6-6 by default; the papers' 6-24 and 12-12, or
 any N-M).
+The shared input/output layer (docs/design.md, "The shared input/output layer";
+``config.model.io``) is on (``io=shared``); ``io=plain`` is the papers' original, the frame and its
+step in and a residual step out.
 Validation: the held-out speakers id10284, id10287 and id10289; id10283 and id10286 train.
 
     python -m train.forecaster --config configs/grunf_vox.py:cpu,horizon=12-12 \
@@ -29,7 +32,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, cpu=False, horizon="6-6")
+    arg = common.parse_arg(arg, cpu=False, horizon="6-6", io="shared")
     config = common.base_config("vox", arg.horizon, "cpu" if arg.cpu else "paper")
 
     if not arg.cpu:
@@ -37,7 +40,7 @@ def get_config(arg=None):
         config.model = ml_collections.ConfigDict({
             "name": "grunf", "hidden": 512, "num_gru_layers": 3, "num_blocks": 12,
             "flow_hidden": 2048, "flow_layers": 5, "activation": "tanh", "norm": "batch",
-            "residual": True,
+            "io": common.model_io(arg.io),
         })
         config.train.update(batch_size=64, num_epochs=50, steps_per_epoch=200, learning_rate=1e-3,
                             warmup_steps=100, val_samples=32)
@@ -53,11 +56,8 @@ def get_config(arg=None):
         "flow_layers": 2,
         "activation": "tanh",
         "norm": "batch",  # batch-norm bijectors between blocks, as in the paper
-        "residual": True,  # model the steps from the last frame
+        "io": common.model_io(arg.io),  # the shared input/output layer (docs/design.md)
         "temperature": 0.85,  # of the flow's base noise when forecasting
-        "adaptive_scale": 4.0,  # steps in units of the window's own volatility
-        "momentum": True,  # a learned damped multiple of the last step
-        "sign_invariant": True,  # the GRU sees magnitudes: direction enters through momentum
     })
     # The model peaks on held-out speakers after a few hundred steps and then overfits the two
     # training speakers: a short schedule, validated every 100 steps, keeps the best checkpoint.

@@ -3,6 +3,11 @@ r"""Conditional-VAE forecaster (one latent for the whole future) on BAIR robot-p
 Options after the ``:``: ``cpu`` (the small model and short schedule below, for a 2-core CPU;
 without it, the papers' sizes) and ``horizon=N-M`` (5-5 by default; the papers' 5-20 and 15-15, or
 any N-M).
+``io=shared`` puts the shared input/output layer around the model (docs/design.md, "The shared
+input/output layer": positions relative to the window's first frame, a context-adaptive step
+scale, damped momentum, sign-invariant conditioning; ``config.model.io``); the default ``io=plain``
+is the papers' original, the frame and its step in and a residual step out. With ``cpu``,
+``io=shared`` also mirrors half of each training batch (``data.augment``), as the VRNN's does.
 Validation: 20% of the clips (``data.val_fraction``), or the clip names in ``data.split_file``.
 
     python -m train.forecaster --config configs/vae_bair.py:cpu,horizon=HORIZON \
@@ -18,14 +23,14 @@ from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, cpu=False, horizon="5-5")
+    arg = common.parse_arg(arg, cpu=False, horizon="5-5", io="plain")
     config = common.base_config("bair", arg.horizon, "cpu" if arg.cpu else "paper")
 
     if not arg.cpu:
         # The papers' sizes (appendix B).
         config.model = ml_collections.ConfigDict(
             {"name": "vae", "hidden": 256, "latent": 20, "num_layers": 2, "beta": 1.0,
-             "residual": True}
+             "io": common.model_io(arg.io)}
         )
         config.train.update(batch_size=64, num_epochs=50, steps_per_epoch=200, learning_rate=1e-3,
                             warmup_steps=100, val_samples=32)
@@ -37,10 +42,12 @@ def get_config(arg=None):
         "latent": 8,  # size of z
         "num_layers": 2,  # hidden layers per MLP
         "beta": 1.0,  # KL weight
-        "residual": True,  # model the steps from the last frame
+        "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6
     # on 2 busy cores (2026-11), so 2-5 minutes, about twice that at 12-12 and 2.5x at 6-24.
     config.train.update(batch_size=64, num_epochs=30, steps_per_epoch=200, learning_rate=1e-3,
                         warmup_steps=200, val_samples=32)
+    if arg.io == "shared":  # the data side of the same biases, as in the VRNN and GRU-NF configs
+        config.data.augment = ("reflect",)  # half of each batch mirrored through its first frame
     return config

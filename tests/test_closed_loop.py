@@ -45,17 +45,18 @@ quick_jit = functools.partial(
 )
 
 # Every trainable forecaster of the registry (the baselines have no parameters to leak through), with
-# tiny widths and the structural knobs of the configurations people run (configs/demo.py): momentum,
-# sign invariance, the equivariant VRNN with a persistent latent and mirrored samples, batch-normalised flows.
+# tiny widths and the structural knobs of the configurations people run (configs/demo.py): the shared
+# input/output layer (relative inputs, adaptive step scale, momentum, sign invariance) around every
+# model, the equivariant VRNN with a persistent latent and mirrored samples, batch-normalised flows.
 TINY = {
-    "gru": {"hidden": 8, "num_layers": 1},
-    "vae": {"hidden": 8, "latent": 4, "num_layers": 1},
-    "nf": {"num_blocks": 2, "hidden": 8, "num_layers": 1, "context_hidden": 8, "norm": "batch"},
+    "gru": {"hidden": 8, "num_layers": 1, "io": "shared"},
+    "vae": {"hidden": 8, "latent": 4, "num_layers": 1, "io": "shared"},
+    "nf": {"num_blocks": 2, "hidden": 8, "num_layers": 1, "context_hidden": 8, "norm": "batch", "io": "shared"},
     "vrnn": {"hidden": 8, "latent": 4, "prior_hidden": 8, "posterior_hidden": 8, "decoder_hidden": 8,
-             "decoder_temperature": 0.0, "momentum": True, "sign_invariant": True, "latent_persistence": 0.9,
+             "decoder_temperature": 0.0, "io": "shared", "latent_persistence": 0.9,
              "fresh_forecast_latent": True, "equivariant": True, "latent_temperature": 0.8, "mirror_samples": True},
     "grunf": {"hidden": 8, "num_blocks": 2, "flow_hidden": 8, "flow_layers": 1, "norm": "batch", "temperature": 0.85,
-              "momentum": True, "sign_invariant": True},
+              "io": "shared"},
 }
 
 

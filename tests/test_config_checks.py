@@ -183,6 +183,8 @@ WRONG = {
     "text learning rate": (train_lib, lambda: _forecaster(train={"learning_rate": "1e-3"}),
                            "config.train.learning_rate must be a number > 0, got '1e-3'"),
     "number as flag": (train_lib, lambda: _forecaster(model={"residual": 1}), "config.model.residual must be a boolean, got 1"),
+    "number as io flag": (train_lib, lambda: _forecaster(model={"io": {**_forecaster().model.io.to_dict(), "momentum": 1}}),
+                          "config.model.io.momentum must be a boolean, got 1"),
     "flag as count": (train_lib, lambda: _forecaster(train={"num_epochs": True}),
                       "config.train.num_epochs must be an integer >= 1, got True"),
     "probability above 1": (train_lib, lambda: _forecaster(data={"val_fraction": 1.5}),

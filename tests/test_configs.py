@@ -31,13 +31,16 @@ def load(stem: str):
 
 
 def standard_args(stem: str) -> list:
-    """The arguments a config file documents: its options over the papers' horizons."""
+    """The arguments a config file documents: its options over the papers' horizons and both
+    input/output layers."""
     if stem.startswith("fomm_"):
         return [None, "tiny"]
     if stem == "demo":
-        return [None, *MODELS, *(f"{m},horizon={h}" for m in MODELS for h in common.HORIZONS["synthetic"])]
+        return [None, *MODELS, *(f"{m},horizon={h}" for m in MODELS for h in common.HORIZONS["synthetic"]),
+                *(f"{m},io={p}" for m in MODELS for p in ("shared", "plain"))]
     dataset = stem.split("_")[1]
-    return [None, "cpu", *(f"{c}horizon={h}" for c in ("", "cpu,") for h in common.HORIZONS[dataset])]
+    return [None, "cpu", *(f"{c}horizon={h}" for c in ("", "cpu,") for h in common.HORIZONS[dataset]),
+            *(f"{c}io={p}" for c in ("", "cpu,") for p in ("shared", "plain"))]
 
 
 def documented_uses() -> list:
@@ -103,6 +106,10 @@ def test_config_loads_and_validates_with_each_documented_argument(stem):
             assert config.variant == ("cpu" if arg and "cpu" in arg else "paper")
             if arg is None:  # the default horizon is the first of the papers'
                 assert config.horizon == common.HORIZONS[dataset][0]
+            # The input/output layer of the option, else the model's default (shared for the VRNN
+            # and GRU-NF, whose :cpu models had it all along; plain for the others).
+            preset = arg.split("io=")[1] if arg and "io=" in arg else ("shared" if model in ("vrnn", "grunf") else "plain")
+            assert config.model.io.to_dict() == common.model_io(preset).to_dict()
 
 
 def test_every_config_use_in_the_docs_loads():
@@ -114,7 +121,8 @@ def test_every_config_use_in_the_docs_loads():
 
 BAD_ARGS = {
     "unknown flag": ("vrnn_vox", "gpu", "unknown config flag 'gpu'; flags: cpu"),
-    "unknown option": ("gru_bair", "depth=3", "unknown config option 'depth'; options: horizon"),
+    "unknown option": ("gru_bair", "depth=3", "unknown config option 'depth'; options: horizon, io"),
+    "unknown io preset": ("grunf_vox", "cpu,io=fancy", "config option io='fancy': choose one of shared, plain"),
     "malformed horizon": ("nf_mgif", "cpu,horizon=6x6", "horizon '6x6' must look like N-M"),
     "too short a horizon": ("vae_vox", "horizon=1-6", "need at least 2 observed"),
     "FOMM flag": ("fomm_vox", "cpu", "unknown config flag 'cpu'; flags: tiny; use configs/fomm_vox.py"),

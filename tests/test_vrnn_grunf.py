@@ -25,7 +25,7 @@ import pytest
 from kpflow import forecast
 from kpflow import metrics as kpmetrics
 from kpflow.data import stack_windows, synthetic_clips
-from kpflow.forecast.base import context_step_scale
+from kpflow.forecast.io import IOLayer, context_step_scale
 from kpflow.forecast.scoring import energy_score_loss
 from kpflow.keypoints import CausalScaler
 from kpflow.training.forecaster import eval_step
@@ -440,7 +440,7 @@ def test_grunf_sign_invariance_leaves_direction_to_the_momentum(sign_invariant):
     t = _trained("grunf")
     # Unbounded: a reflected window can lie outside the training region, where frame_bound would
     # clip one of the two first steps and not the other.
-    f = _create("grunf", sign_invariant=sign_invariant, frame_bound=None)
+    f = _create("grunf", io=IOLayer(sign_invariant=sign_invariant), frame_bound=None)
     module = type(f.module)
 
     @quick_jit
@@ -471,7 +471,7 @@ def test_vrnn_sign_invariance_feeds_the_state_magnitudes_only(sign_invariant):
     # One state update from a frame and its predecessor, then from both reflected through the
     # anchor, with the same previous state and latent: the same new state when sign-invariant.
     t = _trained("vrnn")
-    mod, v = _create("vrnn", sign_invariant=sign_invariant).module, {"params": t.final["params"]}
+    mod, v = _create("vrnn", io=IOLayer(sign_invariant=sign_invariant)).module, {"params": t.final["params"]}
     hidden, latent = CONFIGS["vrnn"][1]["hidden"], CONFIGS["vrnn"][1]["latent"]
     r = np.random.default_rng(2)
     h, dz = (jnp.asarray(r.normal(size=(B, hidden)), jnp.float32) for _ in range(2))
@@ -518,8 +518,6 @@ def test_energy_score_loss_matches_the_metric_and_has_finite_gradients():
 
 def test_context_step_scale_negative_prior_uses_dataset_scale():
     # adaptive_scale < 0 turns adaptation off: every window gets the dataset's step scale.
-    from kpflow.forecast.base import context_step_scale
-
     context = jnp.cumsum(jax.random.normal(jax.random.PRNGKey(0), (3, 6, 4)), axis=1)
     step_scale = jnp.array([0.5, 1.0, 2.0, 4.0])
     np.testing.assert_allclose(context_step_scale(context, step_scale, -1.0), jnp.broadcast_to(step_scale, (3, 4)))

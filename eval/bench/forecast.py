@@ -303,6 +303,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vmapped = time_vmapped(subject, variables, context, rng, args.samples, args.repeats)
     fields = {f.name: getattr(subject.forecaster.module, f.name)
               for f in dataclasses.fields(subject.forecaster.module) if f.name not in ("parent", "name")}
+    if "io" in fields:  # the input/output layer's fields, as the config's model.io block holds them
+        fields["io"] = dataclasses.asdict(fields["io"])
     result: dict[str, Any] = {
         "benchmark": "forecast",
         "model": subject.model,

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 
 from kpflow.forecast.base import Forecaster, ForecastModule
+from kpflow.forecast.io import IOForecastModule, IOLayer, fold_legacy_fields
 
 # name -> "module:Class". The only place that maps model names to code.
 REGISTRY: dict[str, str] = {
@@ -39,9 +40,14 @@ def module_class(name: str) -> type[ForecastModule]:
 def create(name: str, *, dim: int = 60, num_observed: int = 6, horizon: int = 6, **hparams) -> Forecaster:
     """Build the forecaster ``name`` with hyper-parameters ``hparams`` (the config's ``model`` block).
 
+    ``io`` configures the shared input/output layer (:mod:`kpflow.forecast.io`): an ``IOLayer``, a
+    preset name ("shared", "plain") or a block of its fields. The flat fields of configs written
+    before it (``residual``, ``adaptive_scale``, ``momentum``, ``sign_invariant``) are read as ``io``'s.
     Raises ValueError naming an unknown model or an unknown hyper-parameter.
     """
     cls = module_class(name)
+    if issubclass(cls, IOForecastModule):
+        hparams = fold_legacy_fields(hparams, cls.legacy_io)
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     unknown = sorted(set(hparams) - fields)
     if unknown:
@@ -53,4 +59,4 @@ def create(name: str, *, dim: int = 60, num_observed: int = 6, horizon: int = 6,
     return Forecaster(name=name, module=cls(dim=dim, num_observed=num_observed, horizon=horizon, **hparams))
 
 
-__all__ = ["BASELINES", "MODELS", "REGISTRY", "ForecastModule", "Forecaster", "create", "module_class"]
+__all__ = ["BASELINES", "MODELS", "REGISTRY", "ForecastModule", "Forecaster", "IOLayer", "create", "module_class"]

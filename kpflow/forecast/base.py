@@ -234,19 +234,6 @@ class Forecaster:
         return self._vmapped(variables, fn, window, rng, num_samples, taus)
 
 
-def residual_head_to_frame(prev: jnp.ndarray, head: jnp.ndarray, step_scale: jnp.ndarray, residual: bool) -> jnp.ndarray:
-    """The residual parameterisation: the next frame is the last one plus a step in ``step_scale`` units.
-
-    ``prev [.., D]`` and ``head [.., D]`` in scaled units. With ``residual=False`` the head *is* the frame.
-    """
-    return prev + head * step_scale if residual else head
-
-
-def frame_to_residual_target(prev: jnp.ndarray, frame: jnp.ndarray, step_scale: jnp.ndarray, residual: bool) -> jnp.ndarray:
-    """Inverse of :func:`residual_head_to_frame`: the head value that reproduces ``frame``."""
-    return (frame - prev) / step_scale if residual else frame
-
-
 def check_frame_bound(model: str, bound: float | None) -> None:
     """One-line ValueError unless ``bound`` (a module's ``frame_bound``) is None or a positive number."""
     if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0):
@@ -273,33 +260,6 @@ def bound_forecast_frame(frame: jnp.ndarray, last_observed: jnp.ndarray, bound: 
         return frame
     limit = jnp.maximum(bound, jnp.abs(last_observed))
     return jnp.clip(frame, -limit, limit)
-
-
-def step_features(x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
-    """Per-frame recurrent inputs ``[.., T, 2D]``: the (scaled) frame and its step from the previous one.
-
-    The step of the first frame is zero. Both are causal: frame t's features use frames <= t only.
-    """
-    steps = jnp.diff(x, axis=-2, prepend=x[..., :1, :]) / step_scale
-    return jnp.concatenate([x, steps], axis=-1)
-
-
-def context_step_scale(context: jnp.ndarray, step_scale: jnp.ndarray, prior_steps: float) -> jnp.ndarray:
-    """Per-window step scale ``[B, D]`` from the observed frames ``context [B, N, D]`` (scaled units).
-
-    The RMS of the context's N-1 steps, shrunk toward the dataset's ``step_scale [D]`` with
-    ``prior_steps`` pseudo-steps: ``sqrt((p s^2 + sum_t dx_t^2) / (p + N - 1))``. It uses observed
-    frames only, so it is causal; dividing a window's steps by it (as reversible instance
-    normalisation does) makes a model indifferent to how much a particular clip moves, which the
-    papers' per-clip min-max units reward, and lets it follow changing volatility. A negative
-    ``prior_steps`` turns the adaptation off: every window gets the dataset's ``step_scale``.
-    """
-    steps = jnp.diff(context, axis=1)
-    p = jnp.maximum(prior_steps, 0.0)
-    num = p * step_scale**2 + jnp.sum(steps**2, axis=1)
-    # The floor keeps a dimension that did not move (with prior_steps=0) from dividing by zero.
-    adaptive = jnp.maximum(jnp.sqrt(num / (p + steps.shape[1])), 1e-3 * step_scale)
-    return jnp.where(prior_steps < 0, jnp.broadcast_to(step_scale, adaptive.shape), adaptive)
 
 
 def gaussian_nll(y: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:

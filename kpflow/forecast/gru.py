@@ -1,10 +1,11 @@
 """Autoregressive GRU forecaster with a Gaussian output head (DeepAR-style, Salinas et al. 2020).
 
-A stack of ``num_layers`` GRU cells reads per-frame :func:`~kpflow.forecast.base.step_features`
-(frame and step). From the top state ``h_t`` (which has seen frames <= t) a linear head gives the
-mean and softplus std of the next head ``y_{t+1}``, the step ``(x_{t+1} - x_t) / step_scale`` in the
-residual parameterisation. ``deterministic=True`` keeps only the mean: a plain GRU point forecaster
-trained with MSE whose "samples" are all equal.
+A stack of ``num_layers`` GRU cells reads each frame's inputs from the shared layer
+(:mod:`kpflow.forecast.io`: the frame or its position in the window, and its step). From the top
+state ``h_t`` (which has seen frames <= t) a linear head gives the mean and softplus std of the next
+head ``y_{t+1}``, which the layer turns into frame t+1 (with ``io.residual``, the step from frame t
+in units of the window's step scale). ``deterministic=True`` keeps only the mean: a plain GRU point
+forecaster trained with MSE whose "samples" are all equal.
 
 - ``loss``: one-step-ahead NLL (or MSE) of every frame after the first, teacher-forced on the window.
 - ``sample``: warm the state up on the context, then a closed-loop ``nn.scan`` that feeds the model's
@@ -19,15 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import (
-    ForecastModule,
-    bound_forecast_frame,
-    check_frame_bound,
-    frame_to_residual_target,
-    gaussian_nll,
-    residual_head_to_frame,
-    step_features,
-)
+from kpflow.forecast.base import bound_forecast_frame, check_frame_bound, gaussian_nll
+from kpflow.forecast.io import IOForecastModule
 
 _MIN_STD = 1e-3
 # softplus(_STD_OFFSET) = 1: the untrained head predicts unit-std steps, the scale of the data.
@@ -56,12 +50,12 @@ class StackedGRUCell(nn.Module):
         )
 
 
-class GRUForecaster(ForecastModule):
+class GRUForecaster(IOForecastModule):
     """Multi-layer GRU with a Gaussian (or point) head over the next step.
 
-    Attributes (besides dim, num_observed, horizon):
+    Attributes (besides dim, num_observed, horizon and ``io``, the shared input/output layer;
+    without it, :data:`~kpflow.forecast.io.PLAIN`):
       hidden: GRU width; num_layers: stacked GRU cells.
-      residual: predict steps from the last frame (True) or frames.
       deterministic: point forecaster trained with MSE (samples are the mean).
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
@@ -70,7 +64,6 @@ class GRUForecaster(ForecastModule):
 
     hidden: int = 256
     num_layers: int = 2
-    residual: bool = True
     deterministic: bool = False
     frame_bound: float | None = 4.0
 
@@ -83,8 +76,10 @@ class GRUForecaster(ForecastModule):
     def setup(self):
         self.cell = StackedGRUCell(self.hidden, self.num_layers)
         out = self.dim if self.deterministic else 2 * self.dim
-        # Zero kernel: the untrained model predicts a zero step (hold-last) whatever the state.
+        # Zero kernel: the untrained model predicts a zero head (hold-last, or the damped momentum
+        # path) whatever the state.
         self.head = nn.Dense(out, kernel_init=nn.initializers.zeros)
+        self.setup_momentum()
 
     # -- pieces ---------------------------------------------------------------------------------
     def _head_params(self, h: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray | None]:
@@ -103,8 +98,9 @@ class GRUForecaster(ForecastModule):
             return mean
         return mean + std * jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
 
-    def _encode(self, x: jnp.ndarray, step_scale: jnp.ndarray):
-        """Run the GRU over ``x [B, T, D]``: -> (final carry, top states ``[B, T, H]``; h_t saw frames <= t)."""
+    def _encode(self, x: jnp.ndarray, scale: jnp.ndarray):
+        """Run the GRU over ``x [B, T, D]`` (``scale [B, D]``): -> (final carry, top states ``[B, T, H]``;
+        h_t saw frames <= t)."""
         scan = nn.scan(
             lambda mdl, carry, feat: mdl.cell(carry, feat),
             variable_broadcast="params",
@@ -112,13 +108,14 @@ class GRUForecaster(ForecastModule):
             in_axes=1,
             out_axes=1,
         )
-        return scan(self, self.cell.initial_carry(x.shape[0]), step_features(x, step_scale))
+        return scan(self, self.cell.initial_carry(x.shape[0]), self.io.series_inputs(x, scale))
 
     # -- interface ------------------------------------------------------------------------------
     def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
         """``x [B, T, D]`` -> one-step-ahead NLL (MSE if deterministic) per dimension of frames 1..T-1."""
-        _, h = self._encode(x[:, :-1], step_scale)  # h_t predicts frame t+1
-        target = frame_to_residual_target(x[:, :-1], x[:, 1:], step_scale, self.residual)
+        scale = self.io.window_scale(x[:, : self.num_observed], step_scale)
+        _, h = self._encode(x[:, :-1], scale)  # h_t predicts frame t+1
+        target = self.io.frames_to_heads(x, 1, scale, self.momentum_coefficients())
         mean, std = self._head_params(h)
         mse = jnp.mean(jnp.square(target - mean))
         if std is None:
@@ -135,17 +132,17 @@ class GRUForecaster(ForecastModule):
         return self._closed_loop(context, horizon, step_scale, noise=False)
 
     def _closed_loop(self, context, horizon, step_scale, noise: bool):
-        carry, h = self._encode(context, step_scale)
-        last_observed = context[:, -1]
+        scale = self.io.window_scale(context, step_scale)
+        carry, h = self._encode(context, scale)
+        anchor, last_observed = context[:, 0], context[:, -1]
 
         def step(mdl, state, _):
-            carry, h, prev = state
-            frame = residual_head_to_frame(prev, mdl._draw(h, noise), step_scale, mdl.residual)
+            carry, h, prev, last_step = state
+            frame = mdl.io.head_to_frame(prev, mdl._draw(h, noise), scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, mdl.frame_bound)
-            # The new frame's recurrent input, exactly as step_features builds it for true frames.
-            feat = step_features(jnp.stack([prev, frame], axis=1), step_scale)[:, -1]
-            carry, h = mdl.cell(carry, feat)
-            return (carry, h, frame), frame
+            # The new frame's recurrent input, exactly as series_inputs builds it for true frames.
+            carry, h = mdl.cell(carry, mdl.io.frame_inputs(frame, prev, anchor, scale))
+            return (carry, h, frame, (frame - prev) / scale), frame
 
         rollout = nn.scan(
             step,
@@ -154,12 +151,14 @@ class GRUForecaster(ForecastModule):
             length=horizon,
             out_axes=1,
         )
-        _, frames = rollout(self, (carry, h[:, -1], last_observed), None)
+        _, frames = rollout(self, (carry, h[:, -1], last_observed, self.io.last_step(context, scale)), None)
         return frames
 
     def teacher_forced(self, x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
         """``x [B, N+M, D]`` -> ``[B, M, D]``; frame t drawn from the state that saw TRUE frames < t."""
         n = self.num_observed
-        _, h = self._encode(x[:, :-1], step_scale)
+        scale = self.io.window_scale(x[:, :n], step_scale)
+        _, h = self._encode(x[:, :-1], scale)
         heads = self._draw(h[:, n - 1 :])  # [B, M, D], from h_{t-1} for t = N..N+M-1
-        return residual_head_to_frame(x[:, n - 1 : -1], heads, step_scale, self.residual)
+        last_steps = self.io.series_steps(x, scale)[:, n - 1 : -1]  # the step into frame t-1
+        return self.io.head_to_frame(x[:, n - 1 : -1], heads, scale[:, None], self.momentum_shift(last_steps))

@@ -3,9 +3,11 @@
 
 A stacked GRU reads the frames; its top state ``h_{t-1}`` conditions a RealNVP density over the
 next frame, ``p(x_t | h_{t-1})`` (Rasul et al., eq. 9), trained by maximum likelihood with true
-inputs. With ``residual=True`` the flow models the step ``(x_t - x_{t-1}) / step_scale``.
-Forecasts are closed-loop: sample a step from the flow, feed the new frame back (kept within the
-training data's region, ``frame_bound``), repeat.
+inputs. Frames enter and leave through the shared input/output layer (:mod:`kpflow.forecast.io`,
+the ``io`` field): with ``io.residual`` the flow models the step ``(x_t - x_{t-1}) / scale``, less
+momentum's share with ``io.momentum`` (a translation, so the likelihood stays exact). Forecasts are
+closed-loop: sample a head from the flow, feed the new frame back (kept within the training data's
+region, ``frame_bound``), repeat.
 
 Training runs the GRU over the whole window with ``nn.scan`` and evaluates the flow once on all
 ``B x (T-1)`` steps, so the batch-norm bijectors between coupling blocks see one large batch;
@@ -18,36 +20,25 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kpflow.forecast.base import (
-    ForecastModule,
-    bound_forecast_frame,
-    check_frame_bound,
-    context_step_scale,
-)
+from kpflow.forecast.base import bound_forecast_frame, check_frame_bound
 from kpflow.forecast.flows import ConditionalRealNVP
+from kpflow.forecast.io import IOForecastModule, IOLayer
 from kpflow.forecast.scoring import closed_loop_energy
 
 
-class GRUNFForecaster(ForecastModule):
+class GRUNFForecaster(IOForecastModule):
     """GRU-NF (registry name ``grunf``). Paper size: 3 x 512 GRU, 12 blocks of 5 x 2048 units.
 
     Attributes:
+      io: the shared input/output layer (:class:`~kpflow.forecast.io.IOLayer`; its momentum shifts
+        the flow's step); None: :attr:`legacy_io`.
       hidden, num_gru_layers: the stacked GRU.
       num_blocks, flow_hidden, flow_layers, activation, norm: the conditional RealNVP
         (``norm="batch"``: batch-norm bijectors between coupling blocks, as in the paper).
-      residual: model steps in ``step_scale`` units instead of frames.
       closed_loop_weight, closed_loop_samples: as in :class:`~kpflow.forecast.vrnn.VRNNForecaster`,
         an energy-score term on reparameterised closed-loop rollouts added to the likelihood.
-      adaptive_scale: measure steps in each window's context volatility (``context_step_scale``,
-        this many pseudo-steps of the dataset scale); negative: the dataset's scale everywhere.
-      momentum: shift the flow's step by a learned per-dimension multiple of the last step (a
-        translation, so the likelihood stays exact).
       temperature: scale of the flow's base noise when forecasting (1 samples the model; below 1
         gives sharper samples), chosen on validation data.
-      sign_invariant: feed the GRU magnitudes (|relative position|, |step|) only, so the direction
-        of motion reaches the forecast through ``momentum`` alone and the flow models how much and
-        how coherently the keypoints move, not where: a learned directional drift does not
-        transfer across speakers and compounds over long closed-loop horizons.
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
         :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only: the
@@ -62,18 +53,17 @@ class GRUNFForecaster(ForecastModule):
     flow_layers: int = 2
     activation: str = "tanh"
     norm: str = "batch"
-    residual: bool = True
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
-    adaptive_scale: float = 4.0
-    momentum: bool = True
     temperature: float = 1.0
-    sign_invariant: bool = False
     frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
     # The GRU's pass over the context is deterministic: encoding it once per window is exact.
     two_phase_sampling = True
+    # Without ``io``: the layer of GRU-NF configs written before the shared one (sign invariance was
+    # the field ``sign_invariant``, off by default).
+    legacy_io = IOLayer(sign_invariant=False)
 
     def __post_init__(self):
         check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
@@ -86,35 +76,19 @@ class GRUNFForecaster(ForecastModule):
             dim=self.dim, num_blocks=self.num_blocks, hidden=self.flow_hidden, num_layers=self.flow_layers,
             activation=self.activation, norm=self.norm, name="flow",
         )
-        if self.momentum and self.residual:
-            self.rho = self.param("momentum", nn.initializers.constant(0.3), (self.dim,))
-
-    def _scale(self, context, step_scale):
-        """``[B, D]`` step scale of each window (see ``context_step_scale``)."""
-        return context_step_scale(context, step_scale, self.adaptive_scale)
-
-    def _shift(self, last_step):
-        """Mean step implied by momentum (zero without it)."""
-        return self.rho * last_step if self.momentum and self.residual else jnp.zeros_like(last_step)
+        self.setup_momentum()
 
     # -- pieces ---------------------------------------------------------------------------------
     def _gru_step(self, carry, frame, prev, anchor, step_scale):
-        """Feed ``frame [B, D]`` (relative to the window's first frame ``anchor``, and its step from
-        ``prev``) -> new carry (list of [B, H]), top state. Absolute positions are left out: they
-        identify the speaker and framing, which does not transfer to new speakers."""
-        feats = jnp.concatenate([(frame - anchor) / step_scale, (frame - prev) / step_scale], -1)
-        inp = nn.relu(self.embed(jnp.abs(feats) if self.sign_invariant else feats))
+        """Feed ``frame [B, D]`` (the layer's inputs: its position, relative to the window's first
+        frame ``anchor`` with ``io.relative``, and its step from ``prev``) -> new carry (list of
+        [B, H]), top state."""
+        inp = nn.relu(self.embed(self.io.frame_inputs(frame, prev, anchor, step_scale)))
         new = []
         for cell, h in zip(self.grus, carry):
             h, inp = cell(h, inp)
             new.append(h)
         return new, inp
-
-    def _to_frame(self, prev, head, step_scale):
-        return prev + head * step_scale if self.residual else head
-
-    def _to_head(self, prev, frame, step_scale):
-        return (frame - prev) / step_scale if self.residual else frame
 
     def _init_carry(self, batch, dtype):
         return [jnp.zeros((batch, self.hidden), dtype) for _ in self.grus]
@@ -137,12 +111,11 @@ class GRUNFForecaster(ForecastModule):
     def loss(self, x, step_scale, train: bool = True):
         """Negative log-likelihood per dimension of frames 1..T-1 given the GRU state of the frames before."""
         b, t, d = x.shape
-        scale = self._scale(x[:, : self.num_observed], step_scale)
+        scale = self.io.window_scale(x[:, : self.num_observed], step_scale)
         tops, _ = self._encode(x, scale)
         cond = tops[:, :-1].reshape(b * (t - 1), -1)
-        heads = self._to_head(x[:, :-1], x[:, 1:], scale[:, None])  # [B, T-1, D]
-        last_steps = jnp.concatenate([jnp.zeros_like(heads[:, :1]), heads[:, :-1]], axis=1)
-        heads = (heads - self._shift(last_steps)).reshape(b * (t - 1), d)
+        heads = self.io.frames_to_heads(x, 1, scale, self.momentum_coefficients())  # [B, T-1, D]
+        heads = heads.reshape(b * (t - 1), d)
         nll = -jnp.mean(self.flow.log_prob(heads, cond, train=train)) / d
         metrics = {"nll": nll}
         loss = nll
@@ -163,21 +136,21 @@ class GRUNFForecaster(ForecastModule):
 
         def body(mdl, carry, inputs):
             state, top, prev, last_step = carry
-            head = mdl.flow.sample(top, temperature=tau) + mdl._shift(last_step)
-            frame = bound_forecast_frame(mdl._to_frame(prev, head, step_scale), last_observed, bound)
+            head = mdl.flow.sample(top, temperature=tau)
+            frame = mdl.io.head_to_frame(prev, head, step_scale, mdl.momentum_shift(last_step))
+            frame = bound_forecast_frame(frame, last_observed, bound)
             fed = frame if inputs is None else inputs
             state, top = mdl._gru_step(state, fed, prev, anchor, step_scale)
             return (state, top, fed, (fed - prev) / step_scale), frame
 
         scan = nn.scan(body, variable_broadcast=["params", "batch_stats"],
                        split_rngs={"params": False, "sample": True}, in_axes=1, out_axes=1, length=horizon)
-        last_step = (context[:, -1] - context[:, -2]) / step_scale
-        _, frames = scan(self, (state, top, context[:, -1], last_step), truth)
+        _, frames = scan(self, (state, top, context[:, -1], self.io.last_step(context, step_scale)), truth)
         return frames
 
     def encode(self, context, step_scale):
         """GRU over ``context [B, N, D]`` -> the state a rollout starts from (deterministic)."""
-        scale = self._scale(context, step_scale)
+        scale = self.io.window_scale(context, step_scale)
         tops, state = self._encode(context, scale)
         return {"state": state, "top": tops[:, -1], "context": context[:, jnp.array([0, -2, -1])], "scale": scale}
 
@@ -200,6 +173,6 @@ class GRUNFForecaster(ForecastModule):
     def teacher_forced(self, x, step_scale):
         """The authors' protocol: each predicted frame conditions on the TRUE frames before it."""
         n = self.num_observed
-        scale = self._scale(x[:, :n], step_scale)
+        scale = self.io.window_scale(x[:, :n], step_scale)
         tops, state = self._encode(x[:, :n], scale)
         return self._rollout(state, tops[:, -1], x[:, :n], x.shape[1] - n, scale, truth=x[:, n:])

@@ -1,7 +1,8 @@
 """Conditional VAE forecaster (Sohn, Lee and Yan, 2015) over the whole future window.
 
-With ``c`` an MLP encoding of the observed frames' :func:`~kpflow.forecast.base.step_features` and
-``y [M*D]`` the flattened future steps (residual parameterisation):
+With ``c`` an MLP encoding of the observed frames' inputs from the shared layer
+(:mod:`kpflow.forecast.io`) and ``y [M*D]`` the flattened future heads (with ``io.residual``, the
+steps in units of the window's step scale, less momentum's share when ``io.momentum``):
 
 - encoder ``q(z | c, y) = N(mu_q, sigma_q)``,
 - prior   ``p(z | c)  = N(mu_p, sigma_p)`` (or ``N(0, I)`` with ``conditional_prior=False``),
@@ -9,9 +10,9 @@ With ``c`` an MLP encoding of the observed frames' :func:`~kpflow.forecast.base.
 
 trained on the negative ELBO ``E_q[-log p(y | z, c)] + beta KL(q || p)`` (Kingma and Welling 2014,
 eq. 3; Sohn et al. 2015, section 3), with one reparameterised draw of z. A forecast draws z from the
-prior and y from the decoder (or takes its mean with ``sample_noise=False``), then integrates the
-steps from the last observed frame, within the training data's region (``frame_bound``). The model
-forecasts exactly its trained horizon.
+prior and y from the decoder (or takes its mean with ``sample_noise=False``), then the layer
+integrates the heads from the last observed frame, within the training data's region
+(``frame_bound``). The model forecasts exactly its trained horizon.
 """
 
 from __future__ import annotations
@@ -20,15 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import (
-    ForecastModule,
-    check_frame_bound,
-    gaussian_kl,
-    gaussian_nll,
-    step_features,
-)
+from kpflow.forecast.base import check_frame_bound, gaussian_kl, gaussian_nll
 from kpflow.forecast.flows import MLP
-from kpflow.forecast.nf import future_targets, heads_to_frames
+from kpflow.forecast.io import IOForecastModule
 
 _MIN_STD = 1e-4
 _STD_OFFSET = 0.5413249  # softplus(_STD_OFFSET) = 1
@@ -40,15 +35,15 @@ def _mean_std(out: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
 
 
-class VAEForecaster(ForecastModule):
-    """Conditional VAE over the flattened future steps ``[M*D]``.
+class VAEForecaster(IOForecastModule):
+    """Conditional VAE over the flattened future heads ``[M*D]``.
 
-    Attributes (besides dim, num_observed, horizon):
+    Attributes (besides dim, num_observed, horizon and ``io``, the shared input/output layer;
+    without it, :data:`~kpflow.forecast.io.PLAIN`):
       hidden: width of every MLP (context encoder, encoder, prior, decoder).
       latent: size of z.
       num_layers: hidden layers per MLP.
       beta: KL weight.
-      residual: model steps from the last frame (True) or frames.
       conditional_prior: p(z | context) (True) or N(0, I).
       sample_noise: forecasts include the decoder's Gaussian noise (True) or use its mean.
       frame_bound: forecast frames stay within this many training standard deviations of the
@@ -60,7 +55,6 @@ class VAEForecaster(ForecastModule):
     latent: int = 32
     num_layers: int = 2
     beta: float = 1.0
-    residual: bool = True
     conditional_prior: bool = True
     sample_noise: bool = True
     frame_bound: float | None = 4.0
@@ -77,15 +71,17 @@ class VAEForecaster(ForecastModule):
         self.encoder = MLP(self.hidden, self.num_layers, 2 * self.latent, activation="relu")
         if self.conditional_prior:
             self.prior = MLP(self.hidden, self.num_layers, 2 * self.latent, activation="relu")
-        # Zero last layer: the untrained decoder predicts zero steps (hold-last).
+        # Zero last layer: the untrained decoder predicts zero heads (hold-last, or the damped
+        # momentum path).
         self.decoder = MLP(
             self.hidden, self.num_layers, out, activation="relu", zero_init_last=True
         )
         self.decoder_raw_std = self.param("decoder_raw_std", nn.initializers.zeros, (out,))
+        self.setup_momentum()
 
-    def encode_context(self, context: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
-        """``context [B, N, D]`` -> ``c [B, hidden]``."""
-        feats = step_features(context, step_scale)
+    def encode_context(self, context: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+        """``context [B, N, D]``, its step scale ``[B, D]`` -> ``c [B, hidden]``."""
+        feats = self.io.series_inputs(context, scale)
         return nn.relu(self.context_encoder(feats.reshape(feats.shape[0], -1)))
 
     def prior_params(self, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -96,15 +92,16 @@ class VAEForecaster(ForecastModule):
         return zeros, jnp.ones_like(zeros)
 
     def decode(self, z: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """``z [B, latent]``, ``c [B, hidden]`` -> mean ``[B, M*D]`` and std ``[M*D]`` of the steps."""
+        """``z [B, latent]``, ``c [B, hidden]`` -> mean ``[B, M*D]`` and std ``[M*D]`` of the heads."""
         mean = self.decoder(jnp.concatenate([z, c], axis=-1))
         return mean, nn.softplus(self.decoder_raw_std + _STD_OFFSET) + _MIN_STD
 
     def loss(self, x: jnp.ndarray, step_scale: jnp.ndarray, train: bool = True):
         """``x [B, N+M, D]`` -> (negative ELBO per future dimension, {"nll", "kl"}), both per dimension."""
         n = self.num_observed
-        c = self.encode_context(x[:, :n], step_scale)
-        y = future_targets(x, n, step_scale, self.residual)
+        scale = self.io.window_scale(x[:, :n], step_scale)
+        c = self.encode_context(x[:, :n], scale)
+        y = self.io.frames_to_heads(x, n, scale, self.momentum_coefficients())
         y = y.reshape(y.shape[0], -1)  # [B, M*D]
         mq, sq = _mean_std(self.encoder(jnp.concatenate([c, y], axis=-1)))
         # Reparameterisation trick (Kingma and Welling 2014, section 2.4): z is differentiable in (mq, sq).
@@ -125,7 +122,8 @@ class VAEForecaster(ForecastModule):
         return self._forecast(context, step_scale, noise=False)
 
     def _forecast(self, context, step_scale, noise: bool):
-        c = self.encode_context(context, step_scale)
+        scale = self.io.window_scale(context, step_scale)
+        c = self.encode_context(context, scale)
         mp, sp = self.prior_params(c)
         z = mp
         if noise:
@@ -136,4 +134,4 @@ class VAEForecaster(ForecastModule):
         if noise and self.sample_noise:
             y = y + std * jax.random.normal(y_key, mean.shape, mean.dtype)
         heads = y.reshape(context.shape[0], self.horizon, self.dim)
-        return heads_to_frames(context[:, -1], heads, step_scale, self.residual, self.frame_bound)
+        return self.io.heads_to_frames(context, heads, scale, self.momentum_coefficients(), self.frame_bound)

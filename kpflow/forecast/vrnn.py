@@ -7,14 +7,21 @@ At step t, with the GRU state ``h_{t-1}`` summarising frames < t:
 - decoder    ``p(x_t | z_t, h_{t-1})``           Gaussian over the step   (eq. 6)
 - recurrence ``h_t = GRU(h_{t-1}, [phi_x(x_t), phi_z(z_t)])``            (eq. 7)
 
-trained by the step-wise ELBO (eq. 10). Three choices make it forecast new speakers honestly:
+trained by the step-wise ELBO (eq. 10). Frames enter and leave through the shared input/output
+layer (:mod:`kpflow.forecast.io`, the ``io`` field), whose biases make it forecast new speakers
+honestly:
 
-- ``residual``: the decoder describes the *step* ``(x_t - x_{t-1}) / scale``, so an untrained model
-  forecasts hold-last and training learns the structure on top of a random walk;
-- inputs are positions relative to the window's first frame plus steps, never absolute positions,
-  which identify a speaker's framing and do not transfer; with ``adaptive_scale`` steps are measured
-  in the window's own context volatility (causal; :func:`~kpflow.forecast.base.context_step_scale`);
-- ``momentum``: a learned per-dimension multiple of the last step is added to the mean step.
+- ``io.residual``: the decoder describes the *step* ``(x_t - x_{t-1}) / scale``, so an untrained
+  model forecasts hold-last and training learns the structure on top of a random walk;
+- ``io.relative``: inputs are positions relative to the window's first frame plus steps, never
+  absolute positions, which identify a speaker's framing and do not transfer; with
+  ``io.adaptive_scale`` steps are measured in the window's own context volatility (causal;
+  :func:`~kpflow.forecast.io.context_step_scale`);
+- ``io.momentum``: a learned per-dimension multiple of the last step is added to the mean step;
+- ``io.sign_invariant``: the state sees magnitudes only (the posterior still sees signed frames).
+
+A VRNN built without ``io`` has the layer it had before the shared one: all of these but sign
+invariance (:attr:`VRNNForecaster.legacy_io`).
 
 Two options shape the samples for long horizons (both on in the ``:cpu`` config):
 
@@ -22,7 +29,7 @@ Two options shape the samples for long horizons (both on in the ``:cpu`` config)
   (``x -> 2 x_0 - x``, head motion has no preferred direction). The prior's mean is zero, the
   posterior's mean and the decoder's mean are odd (in the frame's features and in z), their stds
   even, and the state sees only reflection-invariant inputs. The direction of motion then reaches
-  the forecast through ``momentum`` alone. Without this, a drift learned from the two training
+  the forecast through ``io.momentum`` alone. Without this, a drift learned from the two training
   speakers (whose motion persists) leaks into the state through z and overshoots on held-out
   speakers: at 12-12 the mean of the samples was 4-10% worse than hold-last.
 - ``latent_persistence`` rho: the prior's standardised noise is AR(1) across steps, so a sampled
@@ -44,15 +51,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import (
-    ForecastModule,
-    bound_forecast_frame,
-    check_frame_bound,
-    context_step_scale,
-    gaussian_kl,
-    gaussian_nll,
-)
+from kpflow.forecast.base import bound_forecast_frame, check_frame_bound, gaussian_kl, gaussian_nll
 from kpflow.forecast.cells import GRUCell, SplitDense, check_matmul_dtype, dense
+from kpflow.forecast.io import IOForecastModule, IOLayer, resolve
 from kpflow.forecast.scoring import closed_loop_energy
 
 _MIN_STD = 1e-3
@@ -77,12 +78,13 @@ class GaussianHead(nn.Module):
         return mean, std
 
 
-class VRNNForecaster(ForecastModule):
+class VRNNForecaster(IOForecastModule):
     """VRNN forecaster (registry name ``vrnn``). Paper size: hidden 256, latent 20, MLPs 128.
 
     Attributes:
+      io: the shared input/output layer (:class:`~kpflow.forecast.io.IOLayer`); None:
+        :attr:`legacy_io`.
       hidden: GRU units. latent: size of z_t. *_hidden: widths of the prior, posterior and decoder MLPs.
-      residual: decode steps in scale units instead of frames.
       kl_weight: weight of the KL term (beta).
       latent_temperature: scale of the prior's noise on z when forecasting (sampling and the
         teacher-forced protocol; never in training): 1 samples the prior, below 1 narrows the
@@ -105,20 +107,13 @@ class VRNNForecaster(ForecastModule):
         strictly proper scoring rule) of ``closed_loop_samples`` reparameterised rollouts from the
         observed frames against the true future. The ELBO trains one-step predictions from true
         inputs; this term trains the forecast actually used, fed its own outputs. 0: plain VRNN.
-      adaptive_scale: measure steps in each window's own context volatility, shrunk toward the
-        dataset's with this many pseudo-steps; negative: the dataset's step scale everywhere.
-      momentum: add a learned per-dimension multiple of the last step to the decoder's mean step.
-      sign_invariant: the GRU state sees magnitudes (|relative position|, |step|) only, so the
-        direction of motion reaches the forecast through ``momentum`` (and the posterior's z while
-        observing) alone: a directional drift learned from a few training speakers does not
-        transfer and compounds over long closed-loop horizons. The posterior still sees signed
-        frames.
       embed_inputs: True (Chung et al.): x and z pass through the ``hidden``-wide embeddings
         phi_x, phi_z before the GRU and the decoder; False (the authors' code): the raw features and
         z go in, which narrows the GRU's input (with ``position_features=False``: 80 numbers
         instead of 512 at the authors' sizes).
-      position_features: feed the frame relative to the window's first frame as well as the step
-        (False: steps only, D numbers per frame like the authors' GRU input).
+      position_features: feed the frame's position (``io.relative``: relative to the window's first
+        frame) as well as the step (False: steps only, D numbers per frame like the authors' GRU
+        input).
       equivariant: exact reflection equivariance (see the module docstring); it also feeds the
         state the reflection-invariant products step_t * step_{t-1}.
       latent_persistence: AR(1) coefficient of the prior's standardised noise across steps (0:
@@ -140,16 +135,12 @@ class VRNNForecaster(ForecastModule):
     prior_hidden: int = 64
     posterior_hidden: int = 64
     decoder_hidden: int = 64
-    residual: bool = True
     kl_weight: float = 1.0
     decoder_temperature: float = 1.0
     latent_temperature: float | tuple[float, ...] = 1.0
     mirror_samples: bool = False
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
-    adaptive_scale: float = 4.0
-    momentum: bool = True
-    sign_invariant: bool = False
     matmul_dtype: str | None = None
     embed_inputs: bool = True
     position_features: bool = True
@@ -160,6 +151,9 @@ class VRNNForecaster(ForecastModule):
 
     supports_teacher_forcing = True
     two_phase_sampling = True
+    # Without ``io``: the layer of VRNN configs written before the shared one (sign invariance was
+    # the field ``sign_invariant``, off by default).
+    legacy_io = IOLayer(sign_invariant=False)
 
     def __post_init__(self):
         # Checked at construction, so a bad config fails in one line before anything is traced.
@@ -177,6 +171,10 @@ class VRNNForecaster(ForecastModule):
                              f"got {self.latent_persistence}")
         check_matmul_dtype(self.matmul_dtype)
         check_frame_bound("vrnn", self.frame_bound)
+        layer = resolve(self.io, self.legacy_io)
+        if self.equivariant and self.position_features and not layer.relative:
+            raise ValueError("vrnn: equivariant needs io.relative (a reflection through the window's first "
+                             "frame negates relative positions, not absolute ones)")
         super().__post_init__()
 
     def setup(self):
@@ -188,20 +186,15 @@ class VRNNForecaster(ForecastModule):
         self.posterior = GaussianHead(self.posterior_hidden, self.latent, mt, name="posterior")
         self.decoder = GaussianHead(self.decoder_hidden, self.dim, mt, name="decoder")
         self.gru = GRUCell(self.hidden, mt, name="gru")
-        if self.momentum and self.residual:
-            # Increments of these series have positive lag-1 autocorrelation on every speaker
-            # (0.13-0.67): the one structure found to transfer across speakers.
-            self.rho = self.param("momentum", nn.initializers.constant(0.3), (self.dim,))
+        self.setup_momentum()  # the one structure found to transfer across speakers
 
     # -- one step -------------------------------------------------------------------------------
     def _scale(self, context, step_scale):
-        """``[B, D]`` step scale of each window (see ``context_step_scale``)."""
-        return context_step_scale(context, step_scale, self.adaptive_scale)
+        """``[B, D]`` step scale of each window (the layer's ``window_scale``)."""
+        return self.io.window_scale(context, step_scale)
 
     def _features(self, frame, prev, anchor, scale, magnitudes: bool = False, sign: float = 1.0):
-        step = (frame - prev) / scale
-        parts = [(frame - anchor) / scale, step] if self.position_features else [step]
-        feats = sign * jnp.concatenate(parts, -1)
+        feats = sign * self.io.features(frame, prev, anchor, scale, positions=self.position_features)
         feats = jnp.abs(feats) if magnitudes else feats
         return nn.relu(self.phi_x(feats)) if self.embed_inputs else feats
 
@@ -221,16 +214,19 @@ class VRNNForecaster(ForecastModule):
         if self.equivariant:  # odd in z: the prior is symmetric, so the mean step is the momentum's alone
             mean2, std2 = self.decoder(h, embed(-z))
             mean, std = 0.5 * (mean - mean2), 0.5 * (std + std2)
-        if self.momentum and self.residual:
-            mean = mean + self.rho * last_step
+        if self.io.uses_momentum:
+            mean = mean + self.momentum_shift(last_step)
         return dz, mean, std
 
     def _to_frame(self, prev, head, scale):
-        return prev + head * scale if self.residual else head
+        return self.io.head_to_frame(prev, head, scale)  # momentum is in the head already (_decode)
+
+    def _to_head(self, prev, frame, scale):
+        return self.io.frame_to_head(prev, frame, scale)
 
     def _advance(self, h, frame, prev, dz, z, eps, anchor, scale, last_step):
         """Feed ``frame`` -> new carry ``(h, frame, step, eps)``."""
-        fx = self._features(frame, prev, anchor, scale, magnitudes=self.sign_invariant or self.equivariant)
+        fx = self._features(frame, prev, anchor, scale, magnitudes=self.io.sign_invariant or self.equivariant)
         inputs = [fx, dz]
         if self.equivariant:
             # Only reflection-invariant inputs reach the state: |z|, and step_t * step_{t-1}, whose
@@ -261,7 +257,7 @@ class VRNNForecaster(ForecastModule):
         mq, sq = self._posterior(h, frame, prev, anchor, scale)
         z = mq + sq * jax.random.normal(self.make_rng("sample"), mq.shape, mq.dtype)
         dz, mean, std = self._decode(h, z, last_step)
-        target = (frame - prev) / scale if self.residual else frame
+        target = self._to_head(prev, frame, scale)
         nll, kl = jnp.sum(gaussian_nll(target, mean, std), axis=-1), gaussian_kl(mq, sq, mp, sp)
         return self._advance(h, frame, prev, dz, z, (z - mp0) / sp0, anchor, scale, last_step), (nll, kl)
 
@@ -367,7 +363,7 @@ class VRNNForecaster(ForecastModule):
         last observed step (hold-last without momentum); ``mirror_samples`` mirrors through it (the
         wrapper bounds the mirror images by ``frame_bound`` as the rollout bounds the draws)."""
         _, prev, last_step, _ = state["carry"]
-        if not (self.momentum and self.residual):
+        if not self.io.uses_momentum:
             return jnp.broadcast_to(prev[:, None], (prev.shape[0], horizon, prev.shape[-1]))
         powers = jnp.cumprod(jnp.broadcast_to(self.rho, (horizon, prev.shape[-1])), axis=0)  # rho^k [M, D]
         return prev[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * state["scale"][:, None]

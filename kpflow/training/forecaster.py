@@ -91,10 +91,14 @@ MODEL_FIELDS = {
     "temperature": POSITIVE,
     "latent_temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),
     "latent_persistence": Rule(float, 0, 1, high_open=True),  # an AR(1) coefficient
-    "adaptive_scale": FINITE,  # negative turns the adaptation off
-    **dict.fromkeys(("residual", "deterministic", "momentum", "sign_invariant", "fresh_forecast_latent",
-                     "equivariant", "mirror_samples", "conditional_prior", "sample_noise", "embed_inputs",
-                     "position_features"), FLAG),
+    **dict.fromkeys(("deterministic", "fresh_forecast_latent", "equivariant", "mirror_samples",
+                     "conditional_prior", "sample_noise", "embed_inputs", "position_features"), FLAG),
+    # The shared input/output layer (kpflow.forecast.io).
+    **dict.fromkeys(("io.residual", "io.relative", "io.momentum", "io.sign_invariant"), FLAG),
+    "io.adaptive_scale": FINITE,  # negative turns the adaptation off
+    # Its fields as configs written before the io block hold them, flat (read as io's).
+    **dict.fromkeys(("residual", "momentum", "sign_invariant"), FLAG),
+    "adaptive_scale": FINITE,
 }
 # The progress bar shows the mean loss of this many recent steps, fetched every this many steps:
 # fetching a loss waits for the device, so not every step.
