@@ -183,6 +183,13 @@ CASES = {
     # kpflow.data.prepare
     "prepare/missing source": ("kpflow.data.prepare", ["--kind", "keypoints", "--src", "{missing}",
                                                        "--data_dir", "{tmp}/d"], "no_such_thing"),
+    "prepare/unknown kind": ("kpflow.data.prepare", ["--kind", "frames", "--src", "{tmp}", "--data_dir", "{tmp}/d"],
+                             "frames"),
+    "prepare/split flag for videos": ("kpflow.data.prepare", ["--kind", "videos", "--src", "{videos}", "--data_dir",
+                                                              "{tmp}/d", "--holdout_speakers", "a"],
+                                      "--holdout_speakers does not apply to --kind videos"),
+    "prepare/bad fraction": ("kpflow.data.prepare", ["--kind", "keypoints", "--src", "{tmp}", "--data_dir", "{tmp}/d",
+                                                     "--val_fraction", "2"], "--val_fraction must be between 0 and 1"),
     "prepare/text file as a clip": ("kpflow.data.prepare", ["--kind", "keypoints", "--src", "{text_npz_dir}",
                                                             "--data_dir", "{tmp}/d"], "spk#clip.npz"),
     "fomm/no readable video": ("train.fomm", ["--config", FOMM_TINY, "--workdir", "{tmp}/run",

@@ -482,7 +482,8 @@ def test_a_dataset_records_the_checksum_of_every_source(keypoint_folder, keypoin
     files = sorted(f for f in os.listdir(keypoint_folder) if f.endswith(".npz"))
     assert sorted(sources) == files
     for f in files:
-        data = open(os.path.join(keypoint_folder, f), "rb").read()
+        with open(os.path.join(keypoint_folder, f), "rb") as file:
+            data = file.read()
         assert sources[f] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     video_dir, prepared = video_data
     sources = tfds.builder(prepared.name, data_dir=video_dir).info.metadata[kp_tfds.SOURCES_KEY]
