@@ -490,3 +490,39 @@ def test_a_dataset_records_the_checksum_of_every_source(keypoint_folder, keypoin
     videos = sorted(os.path.relpath(os.path.join(d, f), video_root) for d, _, names in os.walk(video_root)
                     for f in names)
     assert sorted(sources) == videos and all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in sources.values())
+
+
+def test_fomm_trainer_reads_a_prepared_dataset_through_a_worker(video_root, tmp_path, monkeypatch):
+    """The FOMM trainer's loop on kpflow_videos: a grain worker process decodes the pairs the step
+    receives (they equal the folder's pairs) and the checkpoint keeps the pipeline's position. The
+    jitted FOMM step is replaced by one that records its batches (its own tests train it)."""
+    import dataclasses
+
+    from configs import fomm_vox
+    from kpflow.data import loaders
+    from kpflow.data.video_pairs import PairBatches
+    from kpflow.training import fomm as fomm_lib
+
+    seen = []
+
+    def recording_step(nets, config, opt_gen, opt_disc, vgg_apply):
+        def step(state, batch):
+            seen.append({k: np.asarray(v) for k, v in batch.items()})
+            return dataclasses.replace(state, step=state.step + 1), {"total": np.float32(1.0)}, None
+        return step
+
+    monkeypatch.setattr(fomm_lib, "make_train_step", recording_step)
+    data_dir = tmp_path / "tfds"
+    prepared = prepare_videos(video_root, data_dir, frame_size=32)
+    config = fomm_vox.get_config("tiny")
+    config.data.update(kind="tfds", tfds_data_dir=str(data_dir), frame_shape=(32, 32, 3), worker_count=1)
+    config.train.update(scales=(1, 0.5), batch_size=2, num_repeats=2, max_steps=3, log_every=1, eval_clips=0,
+                        image_every=0)
+    fomm_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert prepared.name == "kpflow_videos/32" and len(seen) == 3
+    folder = VideoFolder(video_root, "train", frame_shape=(32, 32))
+    _, _, augment = fomm_lib.load_data(config)
+    want = list(PairBatches(folder, 2, num_repeats=2, seed=config.seed, augment=augment).epoch(0))[:3]
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(seen, want) for k in ("source", "driving"))
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "3" / "meta" / "metadata").read_text())
+    assert meta[loaders.STATE_KEY]["next_batch"] == 3 and meta[loaders.STATE_KEY]["worker_count"] == 1

@@ -649,5 +649,6 @@ def _train_locked(config, workdir: str) -> dict:
             summary += f"; test reconstruction L1 {first['test_l1']:.4f} at step {first['step']} -> {last['test_l1']:.4f}"
             summary += f" (source copied: {copy_l1:.4f})"
         print(summary)
-    skipped = [str(p) for f in (train_set, test_set) if f is not None for p, _ in f.skipped]
+    # Only a folder drops unreadable videos; a prepared dataset was checked when it was prepared.
+    skipped = [str(p) for f in (train_set, test_set) if f is not None for p, _ in getattr(f, "skipped", [])]
     return {**(last or {}), "skipped_videos": skipped} if skipped else (last or {})
