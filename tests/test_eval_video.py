@@ -39,7 +39,8 @@ def write_forecaster_run(workdir, model: str, horizon: str = "6-6"):
     train, val = load_splits(config.data)
     forecaster = checkpoint.build_forecaster(config, train.dim)
     length = config.num_observed + config.num_predicted
-    variables = forecaster.init(jax.random.key(0), jnp.zeros((1, length, train.dim)))
+    # Jitted: the same variables as an eager init, in a fraction of the time.
+    variables = jax.jit(forecaster.init)(jax.random.key(0), jnp.zeros((1, length, train.dim)))
     checkpoint.save_config(str(workdir), config)
     checkpoint.save_split(str(workdir), train, val, config.data)
     with checkpoint.CheckpointStore(str(workdir)) as store:

@@ -1,5 +1,6 @@
 """Stage-1 FOMM training: one step lowers the loss; the CLI runs, writes its outputs and resumes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -16,6 +17,11 @@ from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.fomm.model import build_networks, init_variables
 from kpflow.training import fomm as train_fomm
 from tests.conftest import REPO, tiny_fomm_command
+
+# XLA's CPU backend at its lowest optimisation level compiles these graphs several times faster; the
+# programs are tiny, so the slower code they produce costs nothing that shows.
+CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+CHEAP_XLA_FLAGS = " ".join(f"--{k}={str(v).lower()}" for k, v in CHEAP_COMPILE.items())
 
 
 def _tiny_config(**train):
@@ -63,7 +69,7 @@ def test_one_training_step_lowers_the_loss(gan):
     batch = {"source": jnp.asarray(_blobs(0.0)), "driving": jnp.asarray(_blobs(0.1))}
     key = jax.random.key(3)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
     def loss_fn(params, stats):
         total, (terms, _, _) = train_fomm.generator_losses(nets, config, params, stats, batch, key, None)
         return total, terms
@@ -75,7 +81,8 @@ def test_one_training_step_lowers_the_loss(gan):
     before, terms = loss(state)
     assert {"pixel_l1", "equivariance_value", "equivariance_jacobian"} <= set(terms)
     assert ("gen_gan" in terms) == (gan != 0)
-    step = train_fomm.make_train_step(nets, config, opt_gen, opt_disc, None)
+    # The trainer's own jitted step, compiled cheaply (the same program, less optimised).
+    step = train_fomm.make_train_step(nets, config, opt_gen, opt_disc, None).lower(state, batch).compile(CHEAP_COMPILE)
     old_disc = jax.tree.map(np.asarray, state.params["discriminator"])
     new_state, metrics, _ = step(state, batch)
     after, _ = loss(new_state)  # `state` was donated to the step
@@ -132,8 +139,10 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
     workdir = tmp_path / "run"
     common = [*tiny_fomm_command(workdir, data), "--config.train.image_every=3"]
     # The resumed run reuses the first one's compiled programs through JAX's persistent cache.
+    # The runs compile cheaply too (the same programs, less optimised).
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {CHEAP_XLA_FLAGS}".strip())
     run = subprocess.run(common + ["--config.train.max_steps=3"], check=False, cwd=REPO, capture_output=True,
                          text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
