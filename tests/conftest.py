@@ -22,6 +22,39 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+# XLA's CPU backend at its lowest optimisation level compiles the same programs several times faster;
+# tests whose point is not speed compile with it (the programs are tiny, so the slower code they
+# produce costs nothing that shows).
+CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def quick_jit(fn=None, **kwargs):
+    """``jax.jit`` at :data:`CHEAP_COMPILE`; usable as a decorator."""
+    import jax
+
+    if fn is None:
+        return lambda f: quick_jit(f, **kwargs)
+    return jax.jit(fn, compiler_options=CHEAP_COMPILE, **kwargs)
+
+
+def adam_train_step(forecaster, opt):
+    """A cheaply compiled training step of ``forecaster`` with the optax optimizer ``opt``:
+    ``(variables, opt_state, batch, rng) -> (variables, opt_state, loss, grads)``."""
+    import jax
+    import optax
+
+    @quick_jit
+    def train_step(v, opt_state, batch, rng):
+        def loss_fn(params):
+            return forecaster.loss_and_state({**v, "params": params}, batch, rng, train=True)
+
+        (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
+        updates, opt_state = opt.update(grads, opt_state)
+        return {**v, **new_state, "params": optax.apply_updates(v["params"], updates)}, opt_state, loss, grads
+
+    return train_step
+
+
 def fresh_flags():
     """A fresh absl ``FlagValues`` for running an absl command in this process: absl's
     ``verbosity`` and grain's own flags (which grain reads through ``flags.FLAGS``) carried over."""

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import adam_train_step, quick_jit
 
 from kpflow import forecast
 from kpflow.data import stack_windows, synthetic_clips
@@ -36,10 +37,6 @@ D = 6 * K
 S, B = 4, 5
 STEPS = 150
 
-quick_jit = functools.partial(
-    jax.jit,
-    compiler_options={"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
-)
 
 # Tiny widths; frames unbounded (frame_bound clips around the training mean, which a translation
 # or a reflection of the context does not move).
@@ -158,20 +155,13 @@ def _trained(name):
     v0 = quick_jit(f.init)(jax.random.PRNGKey(0), fixed, scaler)
     opt = optax.adam(1e-2)
 
-    @quick_jit
-    def train_step(v, opt_state, batch, rng):
-        def loss_fn(params):
-            return f.loss_and_state({**v, "params": params}, batch, rng, train=True)
-
-        (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
-        updates, opt_state = opt.update(grads, opt_state)
-        return {**v, **new_state, "params": optax.apply_updates(v["params"], updates)}, opt_state, loss
+    train_step = adam_train_step(f, opt)
 
     v, opt_state = v0, opt.init(v0["params"])
     order = np.random.default_rng(0).integers(0, len(windows), (STEPS, 32))
     initial = float(train_step(v0, opt_state, fixed, jax.random.PRNGKey(123))[2])
     for i in range(STEPS):
-        v, opt_state, _ = train_step(v, opt_state, jnp.asarray(windows[order[i]]), jax.random.PRNGKey(i))
+        v, opt_state, _, _ = train_step(v, opt_state, jnp.asarray(windows[order[i]]), jax.random.PRNGKey(i))
     return f, v, initial, float(train_step(v, opt_state, fixed, jax.random.PRNGKey(123))[2])
 
 

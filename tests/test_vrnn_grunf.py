@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import adam_train_step, quick_jit
 
 from kpflow import forecast
 from kpflow import metrics as kpmetrics
@@ -39,13 +40,6 @@ EVAL_KEY = jax.random.PRNGKey(123)
 
 # XLA's CPU backend at its lowest optimisation level compiles these graphs ~2.5x faster; the
 # programs are tiny, so the slower code they produce costs nothing that shows.
-quick_jit = functools.partial(
-    jax.jit,
-    compiler_options={
-        "xla_backend_optimization_level": 0,
-        "xla_llvm_disable_expensive_passes": True,
-    },
-)
 
 CONFIGS = {
     "vrnn": (
@@ -105,19 +99,7 @@ def _trained(key) -> Trained:
     v0 = quick_jit(f.init)(jax.random.PRNGKey(0), fixed, scaler)
     opt = optax.adam(1e-2)
 
-    @quick_jit
-    def train_step(v, opt_state, batch, rng):
-        def loss_fn(params):
-            return f.loss_and_state({**v, "params": params}, batch, rng, train=True)
-
-        (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
-        updates, opt_state = opt.update(grads, opt_state)
-        return (
-            {**v, **new_state, "params": optax.apply_updates(v["params"], updates)},
-            opt_state,
-            loss,
-            grads,
-        )
+    train_step = adam_train_step(f, opt)
 
     opt_state0 = opt.init(v0["params"])
 

@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from kpflow.data.video_pairs import PairBatches, PairPlan
-from kpflow.data.windows import AUGMENTATIONS, apply_augmentation, draw_augmentation
+from kpflow.data.windows import apply_augmentation, draw_augmentation
 
 # absl's global flags, where grain defines its own (held here: tests swap flags.FLAGS for a fresh set).
 _ABSL_FLAGS = flags.FLAGS
@@ -60,9 +60,6 @@ def window_epoch_plan(num_windows: int, batch_size: int, seed: int, epoch: int, 
     """The first ``steps`` batches of ``epoch`` as ``(window indices [b], flags [b, A])``, drawn as
     :func:`kpflow.data.windows.epoch_batches` draws them (a new permutation whenever one is used
     up; the whole set as one batch when it holds at most ``batch_size`` windows)."""
-    for kind in augmentations:
-        if kind not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
     if num_windows < 1:
         raise ValueError("no training windows: every clip is shorter than one window")
     rng = np.random.default_rng([seed, epoch])
