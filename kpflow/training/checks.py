@@ -151,3 +151,8 @@ def check_val_mae(mae: float, hold_last: float, where: str, hint: str) -> None:
             f"training diverged {where}: validation MAE {mae:.4g} is above {VAL_MAE_DIVERGENCE_FACTOR:g}x "
             f"hold-last's {hold_last:.4g}; {hint}"
         )
+
+
+# Fields of the input pipeline both trainers share (kpflow.data.loaders), checked when present
+# (configs written before the pipeline existed lack them).
+DATA_PIPELINE_FIELDS = {"data.worker_count": COUNT_OR_ZERO}

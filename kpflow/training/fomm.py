@@ -171,6 +171,7 @@ def validate_config(config) -> None:
     if not isinstance(config, ml_collections.ConfigDict) or "model" not in config:
         raise ValueError("--config is not a FOMM config (no model section); use configs/fomm_<dataset>.py")
     checks.check_fields(config, CONFIG_FIELDS)
+    checks.check_fields(config, checks.DATA_PIPELINE_FIELDS, required=False)
     checks.check_fields(config.model, MODEL_FIELDS, "model.", required=False)
     t = config.train
     if t.perceptual not in PERCEPTUAL_CHOICES:

@@ -304,6 +304,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"num_predicted={config.num_predicted}; choose the horizon with --config configs/<file>.py:horizon={config.horizon}"
         )
     checks.check_fields(config, CONFIG_FIELDS)
+    checks.check_fields(config, checks.DATA_PIPELINE_FIELDS, required=False)
     checks.check_fields(config.data.get("synthetic") or {}, SYNTHETIC_FIELDS, "data.synthetic.", required=False)
     checks.check_fields(config.get("model") or {}, MODEL_FIELDS, "model.", required=False)
     t = config.train
