@@ -7,12 +7,16 @@ Cost notes: XLA compilation dominates on CPU, so flows and their variables are b
 """
 
 import functools
+import importlib.util
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
 from kpflow.forecast.flows import ConditionalRealNVP
 
@@ -293,3 +297,26 @@ def test_train_mode_log_prob_in_scan_carries_batch_stats():
     assert lp.shape == (B, 3) and bool(jnp.all(jnp.isfinite(lp)))
     np.testing.assert_array_equal(v["batch_stats"]["flow"]["batch_norms_0"]["mean"], 0.0)
     assert not np.allclose(new["batch_stats"]["flow"]["batch_norms_0"]["mean"], 0.0)
+
+
+def test_the_flows_load_without_tensorflow_and_aiortc_loads_after_them():
+    """TFP imports TensorFlow when it is installed, and aiortc crashes the process (a segmentation
+    fault) when it loads after TensorFlow: loading the flows must leave TensorFlow out. In a fresh
+    process, since this one may have loaded TensorFlow already."""
+    # Looked up, not imported: this process may have loaded TensorFlow, and aiortc would crash it.
+    if not (importlib.util.find_spec("tensorflow") and importlib.util.find_spec("aiortc")):
+        pytest.skip("needs TensorFlow and aiortc: pip install -e '.[tfds,call]'")
+    code = ("import sys, kpflow.forecast.flows\n"
+            "assert 'tensorflow' not in sys.modules, 'the flows loaded TensorFlow'\n"
+            "import kpflow.call.transport\n"
+            "import tensorflow\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_call_refuses_to_load_after_tensorflow_in_one_line():
+    if not (importlib.util.find_spec("tensorflow") and importlib.util.find_spec("aiortc")):
+        pytest.skip("needs TensorFlow and aiortc: pip install -e '.[tfds,call]'")
+    code = "import tensorflow\nimport kpflow.call.transport\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1 and "ImportError: kpflow.call: TensorFlow is already loaded" in result.stderr

@@ -56,9 +56,16 @@ import ipaddress
 import json
 import logging
 import secrets
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
+
+if "tensorflow" in sys.modules and "aiortc" not in sys.modules:
+    # Measured with TensorFlow 2.21 and aiortc's pylibsrtp 1.0: a segmentation fault in srtp_init.
+    raise ImportError("kpflow.call: TensorFlow is already loaded, and aiortc crashes the process when it loads "
+                      "after it; import kpflow.call before anything that imports TensorFlow, or hold the call "
+                      "in its own process")
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription

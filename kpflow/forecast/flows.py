@@ -28,12 +28,34 @@ through a scan that broadcasts it).
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable, Sequence
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def _import_distrax():
+    """distrax, without loading TensorFlow.
+
+    TFP's JAX substrate, which distrax imports, imports TensorFlow whenever it is installed (the
+    ``tfds`` extra installs it) only to copy docstrings. That costs seconds of start-up, and a
+    TensorFlow loaded before aiortc (the ``call`` extra) crashes the process with a segmentation
+    fault when aiortc initialises libsrtp. TensorFlow is hidden while distrax loads (TFP then
+    skips the docstrings) and importable again afterwards.
+    """
+    if "distrax" in sys.modules or "tensorflow" in sys.modules:
+        return importlib.import_module("distrax")
+    sys.modules["tensorflow"] = None  # ``import tensorflow...`` raises ImportError
+    try:
+        return importlib.import_module("distrax")
+    finally:
+        del sys.modules["tensorflow"]
+
+
+distrax = _import_distrax()
 
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {"tanh": jnp.tanh, "relu": nn.relu}
 NORMS = ("batch", "none")
@@ -265,7 +287,14 @@ class ConditionalRealNVP(nn.Module):
             raise ValueError("ConditionalRealNVP.sample: pass cond or batch_shape")
         else:
             shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
-        z = temperature * jax.random.normal(self.make_rng("sample"), shape + (self.dim,), jnp.float32)
+        return self.forward(temperature * self.base_noise(shape), cond)
+
+    def base_noise(self, batch_shape: Sequence[int]) -> jnp.ndarray:
+        """Standard-normal base noise ``[*batch_shape, D]`` from ``self.make_rng("sample")``."""
+        return jax.random.normal(self.make_rng("sample"), tuple(batch_shape) + (self.dim,), jnp.float32)
+
+    def forward(self, z: jnp.ndarray, cond: jnp.ndarray | None) -> jnp.ndarray:
+        """Generative map of given base noise ``z [B, D] -> x [B, D]`` (running statistics)."""
         return self.bijector(cond, train=False).forward(z)
 
     def forward_and_log_det(

@@ -39,6 +39,12 @@ class GRUNFForecaster(IOForecastModule):
         an energy-score term on reparameterised closed-loop rollouts added to the likelihood.
       temperature: scale of the flow's base noise when forecasting (1 samples the model; below 1
         gives sharper samples), chosen on validation data.
+      noise_persistence: AR(1) coefficient rho of the flow's standardised base noise across the
+        forecast's steps, ``e_t = rho e_{t-1} + sqrt(1 - rho^2) n_t`` (0: fresh noise every step,
+        the papers' sampler). Each step's noise stays standard normal, so every one-step
+        conditional is the model's; a sample's steps share a direction, so it is a path rather
+        than a random walk (what best-of-S rewards). The closed-loop training term rolls out with
+        the same noise.
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
         :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only: the
@@ -56,6 +62,7 @@ class GRUNFForecaster(IOForecastModule):
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
     temperature: float = 1.0
+    noise_persistence: float = 0.0
     frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
@@ -67,6 +74,9 @@ class GRUNFForecaster(IOForecastModule):
 
     def __post_init__(self):
         check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
+        if not 0.0 <= self.noise_persistence < 1.0:
+            raise ValueError(f"grunf: noise_persistence must be in [0, 1) (an AR(1) coefficient), "
+                             f"got {self.noise_persistence}")
         super().__post_init__()
 
     def setup(self):
@@ -133,19 +143,27 @@ class GRUNFForecaster(IOForecastModule):
         ``truth``) back. ``bound``: each sampled frame is clipped (``bound_forecast_frame``); None: not."""
         anchor, last_observed = context[:, 0], context[:, -1]
         tau = self.temperature if temperature is None else temperature
+        rho = self.noise_persistence
+        fresh = (1.0 - rho**2) ** 0.5
 
         def body(mdl, carry, inputs):
-            state, top, prev, last_step = carry
-            head = mdl.flow.sample(top, temperature=tau)
+            state, top, prev, last_step, eps = carry
+            noise = mdl.flow.base_noise(eps.shape[:-1])
+            eps = rho * eps + fresh * noise if rho > 0 else noise
+            head = mdl.flow.forward(tau * eps, top)
             frame = mdl.io.head_to_frame(prev, head, step_scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, bound)
             fed = frame if inputs is None else inputs
             state, top = mdl._gru_step(state, fed, prev, anchor, step_scale)
-            return (state, top, fed, (fed - prev) / step_scale), frame
+            return (state, top, fed, (fed - prev) / step_scale, eps), frame
 
         scan = nn.scan(body, variable_broadcast=["params", "batch_stats"],
                        split_rngs={"params": False, "sample": True}, in_axes=1, out_axes=1, length=horizon)
-        _, frames = scan(self, (state, top, context[:, -1], self.io.last_step(context, step_scale)), truth)
+        # The first step's noise is standard normal: rho * e_0 + sqrt(1 - rho^2) n_1 with e_0 ~ N(0, I).
+        eps0 = (self.flow.base_noise(context.shape[:1]) if rho > 0
+                else jnp.zeros(context[:, -1].shape, jnp.float32))
+        carry = (state, top, context[:, -1], self.io.last_step(context, step_scale), eps0)
+        _, frames = scan(self, carry, truth)
         return frames
 
     def encode(self, context, step_scale):
