@@ -22,10 +22,15 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-# XLA's CPU backend at its lowest optimisation level compiles the same programs several times faster;
-# tests whose point is not speed compile with it (the programs are tiny, so the slower code they
-# produce costs nothing that shows).
+# XLA's CPU backend at its lowest optimisation level compiles the same programs several times faster.
+# No test's point is speed (benchmarks measure it), and the programs are tiny, so the slower code
+# they produce costs nothing that shows: every compile of the test session, in this process and in
+# the commands it starts (they inherit the environment), uses it. Set here, before JAX reads
+# XLA_FLAGS when it creates its CPU backend; flags already in XLA_FLAGS are kept.
 CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+CHEAP_XLA_FLAGS = " ".join(f"--{k}={str(v).lower()}" for k, v in CHEAP_COMPILE.items())
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CHEAP_XLA_FLAGS}".strip()
 
 
 def quick_jit(fn=None, **kwargs):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import quick_jit
 
 from kpflow import checkpoint, forecast, pipeline
 from kpflow.data import stack_windows, synthetic_clips
@@ -39,10 +40,6 @@ S, B = 4, 5
 # Compilation is the cost on CPU: the pipeline's predictors compile at XLA's cheapest settings (what
 # is checked is how forecast_series slices the series, not the predictor's wiring, which
 # tests/test_pipeline.py checks through kpflow.pipeline.forecaster_predictor).
-quick_jit = functools.partial(
-    jax.jit,
-    compiler_options={"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
-)
 
 # Every trainable forecaster of the registry (the baselines have no parameters to leak through), with
 # tiny widths and the structural knobs of the configurations people run (configs/demo.py): the shared

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import quick_jit
 
 from configs import demo
 from kpflow import forecast
@@ -36,9 +37,6 @@ STEPS = 100  # optimizer steps: a short training
 LONG = 1000  # closed-loop frames
 S, B = 4, 4  # samples per context, contexts
 RANGES = 3.0  # allowed distance from the centre, in half-spans of the data's range
-# XLA's CPU backend at its lowest optimisation level compiles these graphs several times faster; the
-# programs are tiny, so the slower code costs nothing that shows.
-CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 
@@ -73,7 +71,7 @@ def _rollouts(name):
     contexts = windows[:: len(windows) // B][:B, :n]
     tx = make_optimizer(config.train, STEPS)
 
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    @quick_jit
     def train_and_roll(batches, scaler, contexts):
         state = create_train_state(jax.random.key(0), f, batches[0], scaler, tx)
         state, _ = jax.lax.scan(lambda st, batch: train_step(st, batch, forecaster=f, tx=tx), state, batches)
@@ -158,7 +156,6 @@ PATHS = {
 PATH_N, PATH_LONG = 6, 100
 # The VRNN's programs compile for ~10 s each on a 2-core CPU.
 PATH_CASES = [pytest.param(k, marks=pytest.mark.slow) if k == "vrnn" else k for k in PATHS]
-quick_jit = functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
 
 
 def _tiny(key, **overrides) -> forecast.Forecaster:

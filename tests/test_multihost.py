@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CHEAP_XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CHEAP_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _free_port() -> int:

@@ -6,7 +6,6 @@ kernel is registered anywhere and a ``python3`` spec of another environment cann
 """
 
 import json
-import os
 import sys
 import time
 
@@ -55,10 +54,6 @@ def test_notebook_runs(path, kernel_dir, monkeypatch):
 
     # A smoke test: every cell runs; the trainings are shortened (the kernel inherits this environment).
     monkeypatch.setenv("KPFLOW_NOTEBOOK_STEPS", str(NOTEBOOK_STEPS))
-    # XLA's CPU backend at its lowest optimisation level: the same programs, compiled several times
-    # faster, which is most of a notebook's time here.
-    cheap = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {cheap}".strip())
     nb = nbformat.read(path, as_version=4)
     km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
     client = nbclient.NotebookClient(

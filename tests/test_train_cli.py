@@ -99,9 +99,7 @@ def get_config(arg=None):
 def run_cli(*args, devices=1, timeout=300):
     """``python -m train.forecaster ARGS`` on ``devices`` CPU devices -> CompletedProcess."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # XLA's CPU backend at its lowest optimisation level: the same programs, compiled several times
-    # faster (they are tiny, so the slower code they produce costs nothing that shows).
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    # XLA_FLAGS: conftest's cheap compiles, inherited.
     if devices > 1:
         env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
     return subprocess.run(

@@ -1,6 +1,5 @@
 """Stage-1 FOMM training: one step lowers the loss; the CLI runs, writes its outputs and resumes."""
 
-import functools
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CHEAP_COMPILE, quick_jit
 
 from configs.fomm_common import fomm_config
 from kpflow import fomm
@@ -17,11 +17,6 @@ from kpflow.data.synthetic_video import make_synthetic_videos
 from kpflow.fomm.model import build_networks, init_variables
 from kpflow.training import fomm as train_fomm
 from tests.conftest import REPO, tiny_fomm_command
-
-# XLA's CPU backend at its lowest optimisation level compiles these graphs several times faster; the
-# programs are tiny, so the slower code they produce costs nothing that shows.
-CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-CHEAP_XLA_FLAGS = " ".join(f"--{k}={str(v).lower()}" for k, v in CHEAP_COMPILE.items())
 
 
 def _tiny_config(**train):
@@ -69,7 +64,7 @@ def test_one_training_step_lowers_the_loss(gan):
     batch = {"source": jnp.asarray(_blobs(0.0)), "driving": jnp.asarray(_blobs(0.1))}
     key = jax.random.key(3)
 
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    @quick_jit
     def loss_fn(params, stats):
         total, (terms, _, _) = train_fomm.generator_losses(nets, config, params, stats, batch, key, None)
         return total, terms
@@ -139,10 +134,9 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path):
     workdir = tmp_path / "run"
     common = [*tiny_fomm_command(workdir, data), "--config.train.image_every=3"]
     # The resumed run reuses the first one's compiled programs through JAX's persistent cache.
-    # The runs compile cheaply too (the same programs, less optimised).
+    # The runs compile cheaply too: they inherit conftest's XLA_FLAGS.
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {CHEAP_XLA_FLAGS}".strip())
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     run = subprocess.run(common + ["--config.train.max_steps=3"], check=False, cwd=REPO, capture_output=True,
                          text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
