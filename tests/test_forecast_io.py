@@ -26,6 +26,7 @@ from conftest import adam_train_step, quick_jit
 
 from kpflow import forecast
 from kpflow.data import stack_windows, synthetic_clips
+from kpflow.forecast.base import ar1_noise
 from kpflow.forecast.gru import GRUForecaster
 from kpflow.forecast.io import PLAIN, SHARED, IOLayer, resolve
 from kpflow.forecast.vrnn import VRNNForecaster
@@ -362,3 +363,52 @@ def test_an_io_block_names_a_preset_or_some_fields_over_the_shared_defaults():
     assert resolve(None, PLAIN) is PLAIN and resolve("plain", SHARED) is PLAIN
     assert resolve({"momentum": False}, PLAIN) == IOLayer(momentum=False)
     assert SHARED == IOLayer() and not PLAIN.relative and PLAIN.adaptive_scale < 0
+
+
+# -- the samplers' noise ---------------------------------------------------------------------------
+
+
+def test_ar1_noise_keeps_standard_normal_steps_that_share_a_direction():
+    fresh = jax.random.normal(jax.random.PRNGKey(0), (12, 20000))
+    eps, path = None, []
+    for t in range(12):
+        eps = ar1_noise(fresh[t], eps, 0.9)
+        path.append(eps)
+    path = jnp.stack(path)
+    np.testing.assert_allclose(jnp.std(path, axis=1), 1.0, atol=0.03)
+    np.testing.assert_allclose(jnp.mean(path[1:] * path[:-1], axis=1), 0.9, atol=0.03)
+    np.testing.assert_array_equal(ar1_noise(fresh[1], fresh[0], 0.0), fresh[1])
+
+
+def _lag1_step_correlation(samples, context):
+    """``[S, B, M, D]`` closed-loop samples -> the correlation of successive steps over samples,
+    each (window, step, dimension) centred on its mean over samples."""
+    frames = jnp.concatenate([jnp.broadcast_to(context[None, :, -1:], samples[:, :, :1].shape), samples], axis=2)
+    steps = jnp.diff(frames, axis=2)
+    steps = steps - steps.mean(axis=0)
+    a, b = steps[:, :, :-1], steps[:, :, 1:]
+    return float(jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b)))
+
+
+@pytest.mark.parametrize("name", ["gru", "grunf"])
+def test_noise_persistence_makes_each_sample_a_path(name):
+    # Untrained, the GRU's head and the GRU-NF's flow turn standardised noise into the step (times the
+    # step scale), plus momentum's 0.3 of the last step. With fresh noise, successive steps correlate
+    # through momentum only (about 0.3); with AR(1) noise of rho 0.9 a sample keeps its direction. The
+    # first step's noise is standard normal either way, so its spread does not change.
+    _, scaler, fixed = _data()
+    context = _window()[:, :N]
+    spread, corr = {}, {}
+    for rho in (0.0, 0.9):
+        f = _create(name, noise_persistence=rho)
+        variables = quick_jit(f.init)(jax.random.PRNGKey(0), fixed, scaler)
+        sample = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+        samples = sample(variables, context, horizon=2 * M, rng=jax.random.PRNGKey(0), num_samples=64)
+        corr[rho] = _lag1_step_correlation(samples, context)
+        spread[rho] = float(jnp.std(samples[:, :, 0] - context[None, :, -1]))
+    assert 0.15 < corr[0.0] < 0.45 and corr[0.9] > 0.85, corr
+    np.testing.assert_allclose(spread[0.9], spread[0.0], rtol=0.1)
+    with pytest.raises(ValueError, match="noise_persistence must be in"):
+        _create(name, noise_persistence=1.0)
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        _create(name, temperature=0.0)

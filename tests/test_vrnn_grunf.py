@@ -402,36 +402,6 @@ def test_untrained_grunf_momentum_shifts_the_sample_mean_ahead():
     )
 
 
-def _lag1_step_correlation(samples, context):
-    """``[S, B, M, D]`` closed-loop samples -> the correlation of successive steps over samples,
-    each (window, step, dimension) centred on its mean over samples."""
-    frames = jnp.concatenate([jnp.broadcast_to(context[None, :, -1:], samples[:, :, :1].shape), samples], axis=2)
-    steps = jnp.diff(frames, axis=2)
-    steps = steps - steps.mean(axis=0)
-    a, b = steps[:, :, :-1], steps[:, :, 1:]
-    return float(jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b)))
-
-
-def test_grunf_noise_persistence_makes_each_sample_a_path():
-    # The untrained flow maps its base noise to the step (times the step scale), plus momentum's 0.3 of
-    # the last step. With fresh noise, successive steps correlate through momentum only (about 0.3);
-    # with AR(1) noise of rho 0.9 a sample keeps its direction. The first step's noise is standard
-    # normal either way, so its spread does not change.
-    t = _trained("grunf")
-    context = _window()[:, :N]
-    spread, corr = {}, {}
-    for rho in (0.0, 0.9):
-        sample = quick_jit(_create("grunf", frame_bound=None, noise_persistence=rho).sample,
-                           static_argnames=("horizon", "num_samples"))
-        samples = sample(t.initial, context, horizon=LONG, rng=jax.random.PRNGKey(0), num_samples=64)
-        corr[rho] = _lag1_step_correlation(samples, context)
-        spread[rho] = float(jnp.std(samples[:, :, 0] - context[None, :, -1]))
-    assert 0.15 < corr[0.0] < 0.45 and corr[0.9] > 0.85, corr
-    np.testing.assert_allclose(spread[0.9], spread[0.0], rtol=0.1)
-    with pytest.raises(ValueError, match="noise_persistence must be in"):
-        _create("grunf", noise_persistence=1.0)
-
-
 # -- sign invariance ------------------------------------------------------------------------------
 # Reflecting a window through its first frame (x -> 2 x_0 - x) negates every relative position and
 # every step. ``sign_invariant`` promises that the GRU state sees their magnitudes only; with it off,

@@ -241,6 +241,23 @@ def check_frame_bound(model: str, bound: float | None) -> None:
                          f"(or None for unbounded forecasts), got {bound!r}")
 
 
+def check_noise(model: str, temperature: float, persistence: float) -> None:
+    """One-line ValueError unless ``temperature > 0`` and ``0 <= persistence < 1`` (a sampler's noise)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{model}: temperature must be a positive number, got {temperature!r}")
+    if isinstance(persistence, bool) or not isinstance(persistence, (int, float)) or not 0.0 <= persistence < 1.0:
+        raise ValueError(f"{model}: noise_persistence must be in [0, 1) (an AR(1) coefficient), got {persistence!r}")
+
+
+def ar1_noise(fresh: jnp.ndarray, previous: jnp.ndarray | None, persistence: float) -> jnp.ndarray:
+    """A forecast step's standardised noise: ``fresh`` (standard normal) when ``previous`` is None or
+    ``persistence`` is 0, else ``rho previous + sqrt(1 - rho^2) fresh``, AR(1) across steps with
+    standard-normal marginals. A sample's steps then share a direction: a path, not a random walk."""
+    if previous is None or persistence == 0:
+        return fresh
+    return persistence * previous + (1.0 - persistence**2) ** 0.5 * fresh
+
+
 def bound_forecast_frame(frame: jnp.ndarray, last_observed: jnp.ndarray, bound: float | None) -> jnp.ndarray:
     """A generated frame ``[.., D]`` (scaled units) clipped to the region the model was trained on.
 

@@ -20,7 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import bound_forecast_frame, check_frame_bound, gaussian_nll
+from kpflow.forecast.base import (
+    ar1_noise,
+    bound_forecast_frame,
+    check_frame_bound,
+    check_noise,
+    gaussian_nll,
+)
 from kpflow.forecast.io import IOForecastModule
 
 _MIN_STD = 1e-3
@@ -60,17 +66,24 @@ class GRUForecaster(IOForecastModule):
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
         :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only.
+      temperature: scale of the head's noise when forecasting (1 samples the model).
+      noise_persistence: AR(1) coefficient rho of the head's standardised noise across the
+        forecast's steps (0: fresh noise every step, DeepAR's sampler); as in
+        :class:`~kpflow.forecast.grunf.GRUNFForecaster`, each step's noise stays standard normal.
     """
 
     hidden: int = 256
     num_layers: int = 2
     deterministic: bool = False
     frame_bound: float | None = 4.0
+    temperature: float = 1.0
+    noise_persistence: float = 0.0
 
     supports_teacher_forcing = True
 
     def __post_init__(self):
         check_frame_bound("gru", self.frame_bound)  # at construction: a bad config fails in one line
+        check_noise("gru", self.temperature, self.noise_persistence)
         super().__post_init__()
 
     def setup(self):
@@ -90,13 +103,16 @@ class GRUForecaster(IOForecastModule):
         mean, raw = jnp.split(out, 2, axis=-1)
         return mean, nn.softplus(raw + _STD_OFFSET) + _MIN_STD
 
-    def _draw(self, h: jnp.ndarray, noise: bool = True) -> jnp.ndarray:
+    def _draw(self, h: jnp.ndarray, noise: bool = True, eps=None, temperature: float = 1.0):
         """One head draw ``[.., D]`` from the state ``h [.., H]`` (the mean when deterministic or
-        without ``noise``)."""
+        without ``noise``) and its standardised noise; ``eps``: the last step's, which the noise
+        continues with ``noise_persistence`` (None: fresh noise)."""
         mean, std = self._head_params(h)
         if std is None or not noise:
-            return mean
-        return mean + std * jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+            return mean, eps
+        eps = ar1_noise(jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype), eps,
+                        self.noise_persistence)
+        return mean + temperature * std * eps, eps
 
     def _encode(self, x: jnp.ndarray, scale: jnp.ndarray):
         """Run the GRU over ``x [B, T, D]`` (``scale [B, D]``): -> (final carry, top states ``[B, T, H]``;
@@ -136,13 +152,16 @@ class GRUForecaster(IOForecastModule):
         carry, h = self._encode(context, scale)
         anchor, last_observed = context[:, 0], context[:, -1]
 
+        persistent = noise and not self.deterministic and self.noise_persistence > 0
+
         def step(mdl, state, _):
-            carry, h, prev, last_step = state
-            frame = mdl.io.head_to_frame(prev, mdl._draw(h, noise), scale, mdl.momentum_shift(last_step))
+            carry, h, prev, last_step, eps = state
+            head, eps = mdl._draw(h, noise, eps if persistent else None, mdl.temperature)
+            frame = mdl.io.head_to_frame(prev, head, scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, mdl.frame_bound)
             # The new frame's recurrent input, exactly as series_inputs builds it for true frames.
             carry, h = mdl.cell(carry, mdl.io.frame_inputs(frame, prev, anchor, scale))
-            return (carry, h, frame, (frame - prev) / scale), frame
+            return (carry, h, frame, (frame - prev) / scale, eps if persistent else last_observed), frame
 
         rollout = nn.scan(
             step,
@@ -151,7 +170,10 @@ class GRUForecaster(IOForecastModule):
             length=horizon,
             out_axes=1,
         )
-        _, frames = rollout(self, (carry, h[:, -1], last_observed, self.io.last_step(context, scale)), None)
+        # With persistence, the first step continues a standard-normal draw, so its noise is standard normal too.
+        eps0 = jax.random.normal(self.make_rng("sample"), last_observed.shape, last_observed.dtype) if persistent \
+            else last_observed
+        _, frames = rollout(self, (carry, h[:, -1], last_observed, self.io.last_step(context, scale), eps0), None)
         return frames
 
     def teacher_forced(self, x: jnp.ndarray, step_scale: jnp.ndarray) -> jnp.ndarray:
@@ -159,6 +181,6 @@ class GRUForecaster(IOForecastModule):
         n = self.num_observed
         scale = self.io.window_scale(x[:, :n], step_scale)
         _, h = self._encode(x[:, :-1], scale)
-        heads = self._draw(h[:, n - 1 :])  # [B, M, D], from h_{t-1} for t = N..N+M-1
+        heads, _ = self._draw(h[:, n - 1 :])  # [B, M, D], from h_{t-1} for t = N..N+M-1
         last_steps = self.io.series_steps(x, scale)[:, n - 1 : -1]  # the step into frame t-1
         return self.io.head_to_frame(x[:, n - 1 : -1], heads, scale[:, None], self.momentum_shift(last_steps))

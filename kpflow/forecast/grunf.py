@@ -20,7 +20,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kpflow.forecast.base import bound_forecast_frame, check_frame_bound
+from kpflow.forecast.base import ar1_noise, bound_forecast_frame, check_frame_bound, check_noise
 from kpflow.forecast.flows import ConditionalRealNVP
 from kpflow.forecast.io import IOForecastModule, IOLayer
 from kpflow.forecast.scoring import closed_loop_energy
@@ -74,9 +74,7 @@ class GRUNFForecaster(IOForecastModule):
 
     def __post_init__(self):
         check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
-        if not 0.0 <= self.noise_persistence < 1.0:
-            raise ValueError(f"grunf: noise_persistence must be in [0, 1) (an AR(1) coefficient), "
-                             f"got {self.noise_persistence}")
+        check_noise("grunf", self.temperature, self.noise_persistence)
         super().__post_init__()
 
     def setup(self):
@@ -144,12 +142,11 @@ class GRUNFForecaster(IOForecastModule):
         anchor, last_observed = context[:, 0], context[:, -1]
         tau = self.temperature if temperature is None else temperature
         rho = self.noise_persistence
-        fresh = (1.0 - rho**2) ** 0.5
 
         def body(mdl, carry, inputs):
             state, top, prev, last_step, eps = carry
             noise = mdl.flow.base_noise(eps.shape[:-1])
-            eps = rho * eps + fresh * noise if rho > 0 else noise
+            eps = ar1_noise(noise, eps, rho)
             head = mdl.flow.forward(tau * eps, top)
             frame = mdl.io.head_to_frame(prev, head, step_scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, bound)
