@@ -54,6 +54,8 @@ def get_config(arg=None):
         "name": "gru",
         "hidden": 64,  # GRU units
         "num_layers": 1,
+        "temperature": 1.0,  # of the head's noise when forecasting
+        "noise_persistence": 0.0,  # AR(1) head noise across forecast steps (0: fresh every step)
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
         "deterministic": False,  # a Gaussian per step (True: a point forecast, MSE)
     })

@@ -42,6 +42,7 @@ def get_config(arg=None):
         "latent": 8,  # size of z
         "num_layers": 2,  # hidden layers per MLP
         "beta": 1.0,  # KL weight
+        "sample_noise": True,  # forecasts add the decoder's noise (False: its mean, given z)
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6
