@@ -152,16 +152,14 @@ class GRUForecaster(IOForecastModule):
         carry, h = self._encode(context, scale)
         anchor, last_observed = context[:, 0], context[:, -1]
 
-        persistent = noise and not self.deterministic and self.noise_persistence > 0
-
         def step(mdl, state, _):
             carry, h, prev, last_step, eps = state
-            head, eps = mdl._draw(h, noise, eps if persistent else None, mdl.temperature)
+            head, eps = mdl._draw(h, noise, eps, mdl.temperature)
             frame = mdl.io.head_to_frame(prev, head, scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, mdl.frame_bound)
             # The new frame's recurrent input, exactly as series_inputs builds it for true frames.
             carry, h = mdl.cell(carry, mdl.io.frame_inputs(frame, prev, anchor, scale))
-            return (carry, h, frame, (frame - prev) / scale, eps if persistent else last_observed), frame
+            return (carry, h, frame, (frame - prev) / scale, eps), frame
 
         rollout = nn.scan(
             step,
@@ -171,8 +169,9 @@ class GRUForecaster(IOForecastModule):
             out_axes=1,
         )
         # With persistence, the first step continues a standard-normal draw, so its noise is standard normal too.
-        eps0 = jax.random.normal(self.make_rng("sample"), last_observed.shape, last_observed.dtype) if persistent \
-            else last_observed
+        persistent = noise and not self.deterministic and self.noise_persistence > 0
+        eps0 = (jax.random.normal(self.make_rng("sample"), last_observed.shape, last_observed.dtype) if persistent
+                else jnp.zeros_like(last_observed))
         _, frames = rollout(self, (carry, h[:, -1], last_observed, self.io.last_step(context, scale), eps0), None)
         return frames
 
