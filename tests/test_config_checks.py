@@ -143,6 +143,8 @@ BAD_FORECASTER_FLAGS = {
     "negative hidden size": ("--config.model.hidden=-4", "config.model.hidden must be an integer >= 1, got -4"),
     "zero batch size": ("--config.train.batch_size=0", "config.train.batch_size must be an integer >= 1, got 0"),
     "negative warmup": ("--config.train.warmup_steps=-5", "config.train.warmup_steps must be an integer >= 0, got -5"),
+    "noise persistence of 1": ("--config.model.noise_persistence=1.0",
+                               "config.model.noise_persistence must be a number in [0, 1), got 1.0"),
 }
 
 

@@ -90,7 +90,7 @@ MODEL_FIELDS = {
     **dict.fromkeys(("beta", "kl_weight", "closed_loop_weight", "decoder_temperature"), NON_NEGATIVE),
     "temperature": POSITIVE,
     "latent_temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),
-    "latent_persistence": Rule(float, 0, 1, high_open=True),  # an AR(1) coefficient
+    **dict.fromkeys(("latent_persistence", "noise_persistence"), Rule(float, 0, 1, high_open=True)),  # AR(1)
     **dict.fromkeys(("deterministic", "fresh_forecast_latent", "equivariant", "mirror_samples",
                      "conditional_prior", "sample_noise", "embed_inputs", "position_features"), FLAG),
     # The shared input/output layer (kpflow.forecast.io).
