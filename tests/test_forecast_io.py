@@ -222,11 +222,12 @@ def test_untrained_residual_model_without_momentum_is_hold_last(name):
 class AntitheticGRU(GRUForecaster):
     """The GRU drawing the negated noise of each key: the same law as the GRU's, draw by draw mirrored."""
 
-    def _draw(self, h, noise=True):
+    def _draw(self, h, noise=True, eps=None, temperature=1.0):
         mean, std = self._head_params(h)
         if not noise:
-            return mean
-        return mean - std * jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+            return mean, eps
+        eps = -jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+        return mean + temperature * std * eps, eps
 
 
 def test_a_symmetric_model_mirrors_its_samples():
@@ -410,5 +411,5 @@ def test_noise_persistence_makes_each_sample_a_path(name):
     np.testing.assert_allclose(spread[0.9], spread[0.0], rtol=0.1)
     with pytest.raises(ValueError, match="noise_persistence must be in"):
         _create(name, noise_persistence=1.0)
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
-        _create(name, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be a number >= 0"):
+        _create(name, temperature=-0.5)

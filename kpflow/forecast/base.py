@@ -242,9 +242,10 @@ def check_frame_bound(model: str, bound: float | None) -> None:
 
 
 def check_noise(model: str, temperature: float, persistence: float) -> None:
-    """One-line ValueError unless ``temperature > 0`` and ``0 <= persistence < 1`` (a sampler's noise)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{model}: temperature must be a positive number, got {temperature!r}")
+    """One-line ValueError unless ``temperature >= 0`` (0: the point forecast) and ``0 <= persistence < 1``
+    (a sampler's noise)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"{model}: temperature must be a number >= 0 (0: the point forecast), got {temperature!r}")
     if isinstance(persistence, bool) or not isinstance(persistence, (int, float)) or not 0.0 <= persistence < 1.0:
         raise ValueError(f"{model}: noise_persistence must be in [0, 1) (an AR(1) coefficient), got {persistence!r}")
 
