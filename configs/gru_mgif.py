@@ -44,6 +44,8 @@ def get_config(arg=None):
         "temperature": 1.0,  # of the head's noise when forecasting
         "noise_persistence": 0.0,  # AR(1) head noise across forecast steps (0: fresh every step)
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
+        # Antithetic pairs through the damped momentum path (io=shared; docs/design.md).
+        "mirror_samples": arg.io == "shared",
         "deterministic": False,  # a Gaussian per step (True: a point forecast, MSE)
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6

@@ -47,6 +47,8 @@ def get_config(arg=None):
         "activation": "tanh",
         "norm": "batch",  # batch-norm bijectors between blocks
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
+        # Antithetic pairs through the damped momentum path (io=shared; docs/design.md).
+        "mirror_samples": arg.io == "shared",
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6
     # on 2 busy cores (2026-11), so 2-5 minutes, about twice that at 12-12 and 2.5x at 6-24.

@@ -44,6 +44,8 @@ def get_config(arg=None):
         "beta": 1.0,  # KL weight
         "sample_noise": True,  # forecasts add the decoder's noise (False: its mean, given z)
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
+        # Antithetic pairs through the damped momentum path (io=shared; docs/design.md).
+        "mirror_samples": arg.io == "shared",
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6
     # on 2 busy cores (2026-11), so 2-5 minutes, about twice that at 12-12 and 2.5x at 6-24.

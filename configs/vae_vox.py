@@ -57,11 +57,16 @@ def get_config(arg=None):
         "beta": 1.0,  # KL weight
         "sample_noise": True,  # forecasts add the decoder's noise (False: its mean, given z)
         "io": common.model_io(arg.io),  # the papers' inputs; io=shared: the shared layer
+        # Antithetic pairs through the damped momentum path (io=shared; docs/design.md).
+        "mirror_samples": arg.io == "shared",
     })
     # 6,000 steps: on the 30 shared VoxCeleb clips (5.8k training frames) 15-45 ms per step at 6-6
     # on 2 busy cores (2026-11), so 2-5 minutes, about twice that at 12-12 and 2.5x at 6-24.
     config.train.update(batch_size=64, num_epochs=30, steps_per_epoch=200, learning_rate=1e-3,
                         warmup_steps=200, val_samples=32)
-    if arg.io == "shared":  # the data side of the same biases, as in the VRNN and GRU-NF configs
+    if arg.io == "shared":  # the VRNN's and GRU-NF's recipe: the same biases, schedule and selection
         config.data.augment = ("reflect",)  # half of each batch mirrored through its first frame
+        # On new speakers the model peaks after a few hundred steps and then overfits the two
+        # training speakers: a short schedule, validated every 100 steps, keeps the best checkpoint.
+        config.train.update(num_epochs=15, steps_per_epoch=100, warmup_steps=100)
     return config

@@ -219,6 +219,26 @@ def test_untrained_residual_model_without_momentum_is_hold_last(name):
     np.testing.assert_allclose(point, jnp.repeat(fixed[:B, N - 1 : N], M, axis=1), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gru", "vae", "nf", "vrnn", "grunf"])
+def test_mirrored_samples_centre_on_the_damped_momentum_path(name):
+    # Antithetic sampling is the layer's, for every model: the mean of an even number of samples is
+    # x_{N-1} + sum_{j<=k} rho^j dx_{N-1} (the scaler is affine per dimension, so in raw units too),
+    # whatever the core draws. Without it, a random core's samples do not average to that path.
+    context = _window()[:, :N]
+    for mirror in (True, False):
+        f = _create(name, mirror_samples=mirror)
+        v = _random_variables(f)
+        sample = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
+        samples = sample(v, context, horizon=M, rng=jax.random.PRNGKey(3), num_samples=2 * S)
+        rho = v["params"]["momentum"]
+        last_step = context[:, -1] - context[:, -2]
+        path = context[:, -1:] + jnp.cumsum(rho ** jnp.arange(1, M + 1)[:, None] * last_step[:, None], axis=1)
+        gap = float(jnp.max(jnp.abs(samples.mean(axis=0) - path)))
+        assert (gap < 1e-4) if mirror else (gap > 1e-2), (mirror, gap)
+        if mirror:  # pairs, not copies: the draws differ from their images
+            assert float(jnp.max(jnp.abs(samples[0] - samples[S]))) > 1e-2
+
+
 class AntitheticGRU(GRUForecaster):
     """The GRU drawing the negated noise of each key: the same law as the GRU's, draw by draw mirrored."""
 

@@ -603,21 +603,22 @@ def test_latent_temperature_must_be_positive(tau):
 
 
 @pytest.mark.parametrize("mirror", [False, True])
-def test_a_mixture_of_latent_temperatures_draws_each_at_its_own(mirror):
+@pytest.mark.parametrize("key,field", [("vrnn_eq", "latent_temperature"), ("grunf", "temperature")])
+def test_a_mixture_of_temperatures_draws_each_at_its_own(mirror, key, field):
     # (0.5, 1.5): draw i at temperature 0.5 or 1.5 in turn, with the keys that one temperature
     # would give it; mirror images (the second half, when mirroring) at their draw's. So every
     # sample of the mixture is the same-index sample of one of the two single-temperature models.
-    t = _trained("vrnn_eq")
-    context, key, s = _window()[:, :N], jax.random.PRNGKey(9), 6
+    t = _trained(key)
+    context, rng, s = _window()[:, :N], jax.random.PRNGKey(9), 6
     draws = (s + 1) // 2 if mirror else s
 
     def run(tau, fn="sample"):
-        f = _create("vrnn_eq", latent_temperature=tau, mirror_samples=mirror)
+        f = _create(key, **{field: tau}, mirror_samples=mirror)
         if fn == "sample":
             call = quick_jit(f.sample, static_argnames=("horizon", "num_samples"))
-            return np.asarray(call(t.final, context, horizon=M, rng=key, num_samples=s))
+            return np.asarray(call(t.final, context, horizon=M, rng=rng, num_samples=s))
         call = quick_jit(f.teacher_forced, static_argnames="num_samples")
-        return np.asarray(call(t.final, _window(), key, num_samples=s))
+        return np.asarray(call(t.final, _window(), rng, num_samples=s))
 
     mixed, low, high = run((0.5, 1.5)), run(0.5), run(1.5)
     for i in range(s):
@@ -628,6 +629,21 @@ def test_a_mixture_of_latent_temperatures_draws_each_at_its_own(mirror):
         mixed, low, high = run((0.5, 1.5), "tf"), run(0.5, "tf"), run(1.5, "tf")
         np.testing.assert_allclose(mixed[0::2], low[0::2], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(mixed[1::2], high[1::2], rtol=1e-5, atol=1e-6)
+
+
+def test_the_grunf_closed_loop_term_cycles_through_its_temperature_mixture():
+    # The energy-score term's k rollouts per window run at the mixture's entries in turn: with
+    # (1.0, 1.0) it is the single temperature's loss, with (1.0, 3.0) not; a list is kept as a tuple.
+    t, batch = _trained("grunf"), _data()[2]
+
+    def loss(tau):
+        return float(quick_jit(_create("grunf", closed_loop_weight=1.0, temperature=tau).loss)(t.final, batch, EVAL_KEY)[0])
+
+    assert loss(1.0) == pytest.approx(loss([1.0, 1.0]), rel=1e-6)
+    assert abs(loss((1.0, 3.0)) - loss(1.0)) > 1e-3
+    assert _create("grunf", temperature=[0.4, 1.2]).module.temperature == (0.4, 1.2)
+    with pytest.raises(ValueError, match="temperature must be a number >= 0"):
+        _create("grunf", temperature=(0.5, -1.0))
 
 
 def test_a_latent_temperature_mixture_leaves_the_loss_alone_and_needs_a_draws_temperature():

@@ -179,15 +179,32 @@ class Forecaster:
         if type(self.module).two_phase_sampling:
             return self._two_phase(variables, context, horizon, rng, num_samples)
         fn = lambda mdl, z, step_scale: mdl.sample(z, horizon, step_scale)
-        return self._vmapped(variables, fn, context, rng, num_samples)
+        if not getattr(self.module, "mirror_samples", False):
+            return self._vmapped(variables, fn, context, rng, num_samples)
+        # Antithetic pairs (see _two_phase): half the draws, and their images through the centre path.
+        scaler = self.scaler_of(variables)
+        z = scaler.transform(context)
+        draws = scaler.transform(self._vmapped(variables, fn, context, rng, (num_samples + 1) // 2))
+        center = self.module.apply(self._module_variables(variables), z, horizon, scaler.step_scale,
+                                   method=type(self.module).context_mirror_center)
+        return scaler.inverse(self._with_mirror_images(draws, center, z, num_samples))
+
+    def _with_mirror_images(self, draws: jnp.ndarray, center: jnp.ndarray, z: jnp.ndarray, num_samples: int):
+        """``draws [S', B, M, D]`` and their images ``2 center - draw`` (scaled units), first
+        ``num_samples``. The scaler is affine per dimension, so mirroring in scaled units is mirroring
+        in raw ones. An image of a bounded draw can leave the region (the centre path is not
+        bounded), so images are bounded by the module's ``frame_bound`` like its draws."""
+        images = bound_forecast_frame(2 * center - draws, z[:, -1:], getattr(self.module, "frame_bound", None))
+        return jnp.concatenate([draws, images])[:num_samples]
 
     def _two_phase(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int):
         """Encode the context once, then vmap the rollout over sample keys: the context's work is
         not repeated S times (the samples share one posterior pass over the observed frames).
 
         A module with a true ``mirror_samples`` attribute draws half of the samples and adds their
-        mirror images through its ``mirror_center(state, horizon)`` path ``[B, M, D]``, bounded by
-        its ``frame_bound`` like its draws (:func:`bound_forecast_frame`)."""
+        mirror images through its ``mirror_center(state, horizon)`` path ``[B, M, D]`` (one-phase
+        modules: ``context_mirror_center(context, horizon, step_scale)``), bounded by its
+        ``frame_bound`` like its draws (:func:`bound_forecast_frame`)."""
         scaler = self.scaler_of(variables)
         mvars = self._module_variables(variables)
         z = scaler.transform(context)
@@ -204,13 +221,9 @@ class Forecaster:
         keys = jax.random.split(roll_rng, (num_samples + 1) // 2 if mirror else num_samples)
         taus = self.module.draw_temperatures(len(keys))
         out = jax.vmap(one)(keys) if taus is None else jax.vmap(one)(keys, taus)
-        if mirror:
-            # Antithetic pairs: x and its mirror image 2c - x through the centre path c. The scaler
-            # is affine per dimension, so mirroring in scaled units is mirroring in raw ones.
+        if mirror:  # antithetic pairs: x and its mirror image 2c - x through the centre path c
             center = self.module.apply(mvars, state, horizon, method=mod.mirror_center)
-            # The image of a bounded draw can leave the region (the centre path is not bounded).
-            images = bound_forecast_frame(2 * center - out, z[:, -1:], getattr(self.module, "frame_bound", None))
-            out = jnp.concatenate([out, images])[:num_samples]
+            out = self._with_mirror_images(out, center, z, num_samples)
         return scaler.inverse(out)
 
     def point_forecast(self, variables: Variables, context: jnp.ndarray, horizon: int) -> jnp.ndarray:
@@ -248,6 +261,14 @@ def check_noise(model: str, temperature: float, persistence: float) -> None:
         raise ValueError(f"{model}: temperature must be a number >= 0 (0: the point forecast), got {temperature!r}")
     if isinstance(persistence, bool) or not isinstance(persistence, (int, float)) or not 0.0 <= persistence < 1.0:
         raise ValueError(f"{model}: noise_persistence must be in [0, 1) (an AR(1) coefficient), got {persistence!r}")
+
+
+def cycle_temperatures(temperature, num_draws: int):
+    """``[num_draws]`` sampling temperatures of a scale mixture (``temperature`` a tuple), draw i at
+    entry ``i % len``; None when ``temperature`` is one number (every draw at it)."""
+    if not isinstance(temperature, tuple):
+        return None
+    return jnp.asarray([temperature[i % len(temperature)] for i in range(num_draws)], jnp.float32)
 
 
 def ar1_noise(fresh: jnp.ndarray, previous: jnp.ndarray | None, persistence: float) -> jnp.ndarray:

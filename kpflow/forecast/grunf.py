@@ -20,7 +20,13 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kpflow.forecast.base import ar1_noise, bound_forecast_frame, check_frame_bound, check_noise
+from kpflow.forecast.base import (
+    ar1_noise,
+    bound_forecast_frame,
+    check_frame_bound,
+    check_noise,
+    cycle_temperatures,
+)
 from kpflow.forecast.flows import ConditionalRealNVP
 from kpflow.forecast.io import IOForecastModule, IOLayer
 from kpflow.forecast.scoring import closed_loop_energy
@@ -38,7 +44,9 @@ class GRUNFForecaster(IOForecastModule):
       closed_loop_weight, closed_loop_samples: as in :class:`~kpflow.forecast.vrnn.VRNNForecaster`,
         an energy-score term on reparameterised closed-loop rollouts added to the likelihood.
       temperature: scale of the flow's base noise when forecasting (1 samples the model; below 1
-        gives sharper samples), chosen on validation data.
+        gives sharper samples), chosen on validation data. A tuple is a scale mixture, as the
+        VRNN's ``latent_temperature``: draw i at ``temperature[i % len]`` (mirror images at their
+        draw's), and the closed-loop training term's rollouts cycle through it the same way.
       noise_persistence: AR(1) coefficient rho of the flow's standardised base noise across the
         forecast's steps, ``e_t = rho e_{t-1} + sqrt(1 - rho^2) n_t`` (0: fresh noise every step,
         the papers' sampler). Each step's noise stays standard normal, so every one-step
@@ -61,7 +69,7 @@ class GRUNFForecaster(IOForecastModule):
     norm: str = "batch"
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
-    temperature: float = 1.0
+    temperature: float | tuple[float, ...] = 1.0
     noise_persistence: float = 0.0
     frame_bound: float | None = 4.0
 
@@ -74,7 +82,12 @@ class GRUNFForecaster(IOForecastModule):
 
     def __post_init__(self):
         check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
-        check_noise("grunf", self.temperature, self.noise_persistence)
+        temps = self.temperature
+        if isinstance(temps, (list, tuple)):  # a list read back from JSON; fields must be hashable
+            temps = tuple(float(t) for t in temps) or (None,)
+            object.__setattr__(self, "temperature", temps[0] if len(temps) == 1 else temps)
+        for tau in temps if isinstance(temps, tuple) else (temps,):
+            check_noise("grunf", tau, self.noise_persistence)
         super().__post_init__()
 
     def setup(self):
@@ -130,7 +143,9 @@ class GRUNFForecaster(IOForecastModule):
         if self.closed_loop_weight > 0:
             n, k = self.num_observed, self.closed_loop_samples
             enc = self.encode(jnp.tile(x[:, :n], (k, 1, 1)), step_scale)
-            rollouts = self.rollout(enc, t - n, step_scale, bounded=False).reshape(k, b, t - n, d)
+            taus = self.draw_temperatures(k)  # rollout i of every window at the mixture's entry i
+            tau = None if taus is None else jnp.repeat(taus, b)[:, None]
+            rollouts = self.rollout(enc, t - n, step_scale, bounded=False, temperature=tau).reshape(k, b, t - n, d)
             es = closed_loop_energy(rollouts, x, n, step_scale)
             metrics["closed_loop_es"] = es
             loss = loss + self.closed_loop_weight * es
@@ -141,6 +156,10 @@ class GRUNFForecaster(IOForecastModule):
         ``truth``) back. ``bound``: each sampled frame is clipped (``bound_forecast_frame``); None: not."""
         anchor, last_observed = context[:, 0], context[:, -1]
         tau = self.temperature if temperature is None else temperature
+        if isinstance(tau, tuple):  # a configuration mistake, not a wrong argument type
+            msg = (f"grunf: temperature {tau} is a mixture, drawn per sample; pass this draw's "
+                   "temperature (Forecaster.sample and teacher_forced do)")
+            raise ValueError(msg)  # noqa: TRY004
         rho = self.noise_persistence
 
         def body(mdl, carry, inputs):
@@ -169,11 +188,23 @@ class GRUNFForecaster(IOForecastModule):
         tops, state = self._encode(context, scale)
         return {"state": state, "top": tops[:, -1], "context": context[:, jnp.array([0, -2, -1])], "scale": scale}
 
-    def rollout(self, enc, horizon, step_scale, bounded=True):
+    def draw_temperatures(self, num_draws: int):
+        """``[num_draws]`` temperatures of a mixture (``temperature`` a tuple), draw i at entry
+        ``i % len``; None for one temperature."""
+        return cycle_temperatures(self.temperature, num_draws)
+
+    def rollout(self, enc, horizon, step_scale, bounded=True, temperature=None):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]``, kept within
-        ``frame_bound`` unless ``bounded=False`` (training's closed-loop term)."""
+        ``frame_bound`` unless ``bounded=False`` (training's closed-loop term); ``temperature``: this
+        draw's (a number, or ``[B, 1]``), default the module's."""
         bound = self.frame_bound if bounded else None
-        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"], bound=bound)
+        return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"], bound=bound,
+                             temperature=temperature)
+
+    def mirror_center(self, enc, horizon):
+        """The damped momentum path from ``encode``'s state (``mirror_samples``' centre)."""
+        prev, last = enc["context"][:, -2], enc["context"][:, -1]
+        return self.damped_momentum_path(last, (last - prev) / enc["scale"], enc["scale"], horizon)
 
     def sample(self, context, horizon, step_scale):
         """Closed loop from ``context [B, N, D]`` -> ``[B, M, D]``."""
@@ -185,9 +216,10 @@ class GRUNFForecaster(IOForecastModule):
         return self._rollout(enc["state"], enc["top"], enc["context"], horizon, enc["scale"], bound=self.frame_bound,
                              temperature=0.0)
 
-    def teacher_forced(self, x, step_scale):
+    def teacher_forced(self, x, step_scale, temperature=None):
         """The authors' protocol: each predicted frame conditions on the TRUE frames before it."""
         n = self.num_observed
         scale = self.io.window_scale(x[:, :n], step_scale)
         tops, state = self._encode(x[:, :n], scale)
-        return self._rollout(state, tops[:, -1], x[:, :n], x.shape[1] - n, scale, truth=x[:, n:])
+        return self._rollout(state, tops[:, -1], x[:, :n], x.shape[1] - n, scale, truth=x[:, n:],
+                             temperature=temperature)

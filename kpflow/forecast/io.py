@@ -212,12 +212,18 @@ class IOForecastModule(ForecastModule):
     Attributes (besides dim, num_observed, horizon):
       io: the :class:`IOLayer` (or a preset name, or a mapping of its fields; resolved at
         construction); None: the class's ``legacy_io``.
+      mirror_samples: the sampler's antithetic pairs, for every model alike: draw half of the
+        samples and add their mirror images through the damped momentum path (hold-last without
+        momentum; :meth:`damped_momentum_path`), so the samples' mean is that path exactly (while
+        ``frame_bound`` clips no value), whatever drift the learned dynamics add, and the law of
+        the deviations from it is symmetric. Half the rollouts. False: the model's own draws.
 
     A subclass calls :meth:`setup_momentum` in its ``setup``; the parameter is named ``momentum``
     (``rho [D]``), at the top of the model's parameters.
     """
 
     io: IOLayer | None = None
+    mirror_samples: bool = False
 
     # The layer a model built without ``io`` gets: the one it had before the shared layer existed.
     legacy_io = PLAIN
@@ -238,6 +244,22 @@ class IOForecastModule(ForecastModule):
     def momentum_shift(self, last_step: jnp.ndarray) -> jnp.ndarray | None:
         """Momentum's share ``rho * last_step`` of the next step (None without momentum)."""
         return self.rho * last_step if self.io.uses_momentum else None
+
+    def damped_momentum_path(self, last, last_step, scale, horizon: int) -> jnp.ndarray:
+        """``[B, M, D]``: from the last observed frame ``last [B, D]``, steps ``rho^k`` times its last
+        step ``last_step [B, D]`` (in ``scale [B, D]`` units), k = 1..M: the forecast of a zero head
+        (:meth:`IOLayer.heads_to_frames` unbounded); hold-last without momentum. The centre of
+        ``mirror_samples``."""
+        if not self.io.uses_momentum:
+            return jnp.broadcast_to(last[:, None], (last.shape[0], horizon, last.shape[-1]))
+        powers = jnp.cumprod(jnp.broadcast_to(self.rho, (horizon, last.shape[-1])), axis=0)  # rho^k [M, D]
+        return last[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * scale[:, None]
+
+    def context_mirror_center(self, context, horizon: int, step_scale) -> jnp.ndarray:
+        """:meth:`damped_momentum_path` from ``context [B, N, D]`` (the mirror centre of a model that
+        samples in one phase)."""
+        scale = self.io.window_scale(context, step_scale)
+        return self.damped_momentum_path(context[:, -1], self.io.last_step(context, scale), scale, horizon)
 
 
 def context_step_scale(context: jnp.ndarray, step_scale: jnp.ndarray, prior_steps: float) -> jnp.ndarray:

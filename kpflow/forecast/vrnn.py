@@ -51,7 +51,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpflow.forecast.base import bound_forecast_frame, check_frame_bound, gaussian_kl, gaussian_nll
+from kpflow.forecast.base import (
+    bound_forecast_frame,
+    check_frame_bound,
+    cycle_temperatures,
+    gaussian_kl,
+    gaussian_nll,
+)
 from kpflow.forecast.cells import GRUCell, SplitDense, check_matmul_dtype, dense
 from kpflow.forecast.io import IOForecastModule, IOLayer, resolve
 from kpflow.forecast.scoring import closed_loop_energy
@@ -94,11 +100,8 @@ class VRNNForecaster(IOForecastModule):
         hold tight and wide futures at once. That hedges against a new speaker moving more or less
         than the training speakers did, where one temperature is too wide for some and too narrow
         for others.
-      mirror_samples: draw half of the samples and add their mirror images through the damped
-        momentum path (for the equivariant model, the forecast with z = 0 throughout):
-        antithetic pairs, so the samples' mean is that path exactly (while ``frame_bound`` clips no
-        value), whatever drift the learned dynamics add, and the law of the deviations from it is
-        symmetric. Half the rollouts.
+      mirror_samples: antithetic pairs through the damped momentum path (:class:`IOForecastModule`;
+        for the equivariant model the path is the forecast with z = 0 throughout).
       decoder_temperature: scale of the decoder's Gaussian noise when forecasting: 1 samples it,
         0 takes its mean (all randomness then comes from z, which is shared by all keypoints, so
         samples stay coherent), values between trade calibration against sharpness; chosen on
@@ -138,7 +141,6 @@ class VRNNForecaster(IOForecastModule):
     kl_weight: float = 1.0
     decoder_temperature: float = 1.0
     latent_temperature: float | tuple[float, ...] = 1.0
-    mirror_samples: bool = False
     closed_loop_weight: float = 0.0
     closed_loop_samples: int = 8
     matmul_dtype: str | None = None
@@ -321,10 +323,7 @@ class VRNNForecaster(IOForecastModule):
     def draw_temperatures(self, num_draws: int):
         """``[num_draws]`` latent temperatures of a mixture (``latent_temperature`` a tuple), draw i at
         entry ``i % len``; None for one temperature (the rollout's default)."""
-        temps = self.latent_temperature
-        if not isinstance(temps, tuple):
-            return None
-        return jnp.asarray([temps[i % len(temps)] for i in range(num_draws)], jnp.float32)
+        return cycle_temperatures(self.latent_temperature, num_draws)
 
     def rollout(self, state, horizon, step_scale, truth=None, temperature=None, bounded=True):
         """From ``encode``'s state, ``horizon`` closed-loop frames ``[B, M, D]`` (or teacher-forced with
@@ -363,10 +362,7 @@ class VRNNForecaster(IOForecastModule):
         last observed step (hold-last without momentum); ``mirror_samples`` mirrors through it (the
         wrapper bounds the mirror images by ``frame_bound`` as the rollout bounds the draws)."""
         _, prev, last_step, _ = state["carry"]
-        if not self.io.uses_momentum:
-            return jnp.broadcast_to(prev[:, None], (prev.shape[0], horizon, prev.shape[-1]))
-        powers = jnp.cumprod(jnp.broadcast_to(self.rho, (horizon, prev.shape[-1])), axis=0)  # rho^k [M, D]
-        return prev[:, None] + jnp.cumsum(powers * last_step[:, None], axis=1) * state["scale"][:, None]
+        return self.damped_momentum_path(prev, last_step, state["scale"], horizon)
 
     def point_forecast(self, context, horizon, step_scale):
         """The damped momentum path from ``context`` (:meth:`mirror_center`; for the equivariant model

@@ -88,7 +88,7 @@ MODEL_FIELDS = {
                      "prior_hidden", "posterior_hidden", "decoder_hidden", "flow_hidden", "flow_layers",
                      "closed_loop_samples"), COUNT),
     **dict.fromkeys(("beta", "kl_weight", "closed_loop_weight", "decoder_temperature"), NON_NEGATIVE),
-    "temperature": POSITIVE,
+    "temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),  # the GRU-NF takes a mixture
     "latent_temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),
     **dict.fromkeys(("latent_persistence", "noise_persistence"), Rule(float, 0, 1, high_open=True)),  # AR(1)
     **dict.fromkeys(("deterministic", "fresh_forecast_latent", "equivariant", "mirror_samples",
