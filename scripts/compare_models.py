@@ -23,15 +23,25 @@ A run whose ``test.json`` and ``test_single.json`` exist is skipped; any other i
 the same command: the trainer resumes from the workdir's latest checkpoint, and is not run again once
 its ``metrics.jsonl`` reaches the configured epochs. A failed run is reported on one line and the
 others go on; the exit status is then 1.
+
+``--results DIR`` (the repository keeps ``docs/compare/``) also copies each finished run's two JSONs
+and its ``config.json`` to ``DIR/<model>/<horizon>/sel_<speaker>/seed<k>/``, and counts a run whose
+copy there was made with today's recipe (the same ``model`` and ``train`` blocks as the config file
+and overrides give now) as finished, even without its workdir: so the runs continue across machines
+and checkouts, and a recipe change re-runs exactly the runs it touches (their old workdirs are moved
+aside to ``<workdir>.stale``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import importlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -155,8 +165,74 @@ def training_finished(workdir: str) -> bool:
     return bool(done) and max(done) >= epochs
 
 
+RESULT_FILES = (RUN_EVAL_FILE, RUN_SINGLE_FILE, "config.json")
+# The config blocks that make a run's recipe (data.* differs by machine and rotation only).
+RECIPE_BLOCKS = ("model", "train")
+
+
 def run_finished(run: Run) -> bool:
     return all(os.path.isfile(os.path.join(run.workdir, f)) for f in (RUN_EVAL_FILE, RUN_SINGLE_FILE))
+
+
+def result_dir(results: str, run: Run) -> str:
+    return os.path.join(results, run.model, run.horizon, run.rotation.name, f"seed{run.seed}")
+
+
+def expected_recipe(run: Run) -> dict:
+    """The ``model`` and ``train`` blocks the run's config file and flags give now (as config.json holds them)."""
+    spec = run.train_cmd[run.train_cmd.index("--config") + 1]
+    path, arg = spec.split(":", 1)
+    module = importlib.import_module(f"configs.{os.path.basename(path).removesuffix('.py')}")
+    config = module.get_config(arg)
+    for flag in run.train_cmd:
+        if not flag.startswith("--config."):
+            continue
+        dotted, value = flag[len("--config."):].split("=", 1)
+        if dotted.split(".")[0] not in RECIPE_BLOCKS:
+            continue
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    full = json.loads(config.to_json())
+    return {k: full[k] for k in RECIPE_BLOCKS}
+
+
+def recipe_of(config_file: str) -> dict | None:
+    try:
+        with open(config_file) as f:
+            full = json.load(f)
+        return {k: full[k] for k in RECIPE_BLOCKS}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def result_current(results: str, run: Run) -> bool:
+    """True when ``results`` holds the run's files, made with today's recipe."""
+    d = result_dir(results, run)
+    return (all(os.path.isfile(os.path.join(d, f)) for f in RESULT_FILES)
+            and recipe_of(os.path.join(d, "config.json")) == expected_recipe(run))
+
+
+def set_aside_if_stale(run: Run) -> None:
+    """Move a workdir trained with another recipe to ``<workdir>.stale`` (the trainer would refuse it)."""
+    recipe = recipe_of(os.path.join(run.workdir, "config.json"))
+    if recipe is not None and recipe != expected_recipe(run):
+        shutil.rmtree(run.workdir + ".stale", ignore_errors=True)
+        os.replace(run.workdir, run.workdir + ".stale")
+        print(f"{run.label}: its workdir was trained with another recipe; moved to {run.workdir}.stale", flush=True)
+
+
+def save_result(results: str, run: Run) -> None:
+    d = result_dir(results, run)
+    os.makedirs(d, exist_ok=True)
+    for f in RESULT_FILES:
+        shutil.copyfile(os.path.join(run.workdir, f), os.path.join(d, f))
 
 
 def execute(run: Run, log) -> str | None:
@@ -179,6 +255,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--horizons", nargs="+", default=list(HORIZONS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--results", default="", help="also keep each finished run's JSONs and config here "
+                   "(e.g. docs/compare); runs kept there with today's recipe count as finished")
     p.add_argument("--eval_samples", type=int, default=100, help="samples per test window (default 100)")
     p.add_argument("--max_runs", type=int, default=0, help="stop after this many runs were started (0: all)")
     p.add_argument("--override", action="append", default=[],
@@ -215,7 +293,13 @@ def main(argv=None) -> int:
     except UsageError as e:
         raise fail(e) from None
     runs = plan(root, a.models, a.horizons, a.seeds, tuple(a.override), a.eval_samples)
-    todo = [r for r in runs if not run_finished(r)]
+    if a.results:
+        results = os.path.abspath(a.results)
+        if os.path.exists(results) and not os.path.isdir(results):
+            raise fail(UsageError(f"--results {a.results!r} is a file; give a folder"))
+        todo = [r for r in runs if not result_current(results, r)]
+    else:
+        todo = [r for r in runs if not run_finished(r)]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
     if a.dry_run:
         for r in todo:
@@ -234,9 +318,13 @@ def main(argv=None) -> int:
             break
         started += 1
         t0 = time.time()
+        if a.results:
+            set_aside_if_stale(r)
         os.makedirs(r.workdir, exist_ok=True)
         with open(os.path.join(r.workdir, "compare_models.log"), "a") as log:
-            error = execute(r, log)
+            error = None if run_finished(r) else execute(r, log)  # finished: only its copy was missing
+        if a.results and not error:
+            save_result(results, r)
         status = f"FAILED: {error} (see {os.path.join(r.workdir, 'compare_models.log')})" if error else "done"
         print(f"[{i}/{len(runs)}] {r.label}: {status} in {time.time() - t0:.0f} s "
               f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)

@@ -89,6 +89,31 @@ def test_plan_lists_sixty_runs_with_speaker_disjoint_splits(script, vox_like, tm
     assert out.splitlines()[0] == "60 runs, 1 finished, 59 to do" and f"# {done.label}\n" not in out
 
 
+def test_kept_results_count_as_finished_while_their_recipe_holds(script, vox_like, tmp_path, capsys):
+    # --results keeps each run's JSONs and config.json; a kept run is finished without its workdir
+    # while the config file and flags give the same model and train blocks, and runs again once they do not.
+    root, results = tmp_path / "runs", tmp_path / "kept"
+    script.build_rotation_data(str(root), str(vox_like))
+    run = script.plan(str(root), script.MODELS, script.HORIZONS, script.SEEDS)[0]
+    recipe = script.expected_recipe(run)
+    assert recipe["train"]["seed"] == run.seed and recipe["model"]["name"] == run.model
+    kept = pathlib.Path(script.result_dir(str(results), run))
+    kept.mkdir(parents=True)
+    for name in ("test.json", "test_single.json"):
+        (kept / name).write_text("{}")
+    (kept / "config.json").write_text(json.dumps({"data": {"dir": "elsewhere"}, **recipe}))
+    base = ["--runs", str(root), "--data_dir", str(vox_like), "--results", str(results), "--dry_run"]
+    for extra, finished in (([], 1), (["--override=--config.train.num_epochs=2"], 0),
+                            (["--override=--config.model.hidden=64"], 1)):  # 64: the :cpu GRU's own
+        script.main(base + extra)
+        assert capsys.readouterr().out.splitlines()[0] == f"60 runs, {finished} finished, {60 - finished} to do", extra
+    # A workdir trained with another recipe is set aside, not resumed.
+    os.makedirs(run.workdir)
+    (pathlib.Path(run.workdir) / "config.json").write_text(json.dumps({**recipe, "train": {**recipe["train"], "seed": 7}}))
+    script.set_aside_if_stale(run)
+    assert not os.path.exists(run.workdir) and os.path.isfile(os.path.join(run.workdir + ".stale", "config.json"))
+
+
 def test_bad_arguments_are_one_line(script, vox_like, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -98,6 +123,7 @@ def test_bad_arguments_are_one_line(script, vox_like, tmp_path, capsys):
         (["--runs", str(tmp_path / "r"), "--seeds", "0", "0"], "distinct"),
         (["--runs", str(tmp_path / "r"), "--override=num_epochs=1"], "--config.FIELD=VALUE"),
         (["--runs", str(a_file), "--data_dir", str(vox_like)], "is a file"),
+        (["--runs", str(tmp_path / "r"), "--data_dir", str(vox_like), "--results", str(a_file), "--dry_run"], "is a file"),
         (["--runs", str(tmp_path / "r"), "--data_dir", str(tmp_path / "none"), "--dry_run"], "is not a folder"),
         (["--runs", str(tmp_path / "r"), "--data_dir", str(tmp_path), "--dry_run"], "no clips of speakers"),
     ]
