@@ -50,6 +50,7 @@ def get_config(arg=None):
         "temperature": 0.85,  # of the flow's base noise when forecasting
         "noise_persistence": 0.0,  # AR(1) base noise across forecast steps (0: fresh every step)
         "closed_loop_weight": 0.0,  # weight of an energy score on closed-loop rollouts (0: likelihood only)
+        "mirror_samples": False,  # antithetic pairs through the damped momentum path (docs/design.md)
     })
     # The model peaks on held-out speakers after a few hundred steps and then overfits the two
     # training speakers: a short schedule, validated every 100 steps, keeps the best checkpoint.
