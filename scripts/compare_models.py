@@ -228,11 +228,16 @@ def set_aside_if_stale(run: Run) -> None:
         print(f"{run.label}: its workdir was trained with another recipe; moved to {run.workdir}.stale", flush=True)
 
 
-def save_result(results: str, run: Run) -> None:
+def save_result(results: str, root: str, run: Run) -> None:
+    """Copy the run's RESULT_FILES to ``results``, this machine's runs folder written as ``<runs>``."""
     d = result_dir(results, run)
     os.makedirs(d, exist_ok=True)
     for f in RESULT_FILES:
-        shutil.copyfile(os.path.join(run.workdir, f), os.path.join(d, f))
+        with open(os.path.join(run.workdir, f)) as fh:
+            text = fh.read().replace(json.dumps(root)[1:-1], "<runs>")
+        with open(os.path.join(d, f) + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(os.path.join(d, f) + ".tmp", os.path.join(d, f))
 
 
 def execute(run: Run, log) -> str | None:
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
         with open(os.path.join(r.workdir, "compare_models.log"), "a") as log:
             error = None if run_finished(r) else execute(r, log)  # finished: only its copy was missing
         if a.results and not error:
-            save_result(results, r)
+            save_result(results, root, r)
         status = f"FAILED: {error} (see {os.path.join(r.workdir, 'compare_models.log')})" if error else "done"
         print(f"[{i}/{len(runs)}] {r.label}: {status} in {time.time() - t0:.0f} s "
               f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)

@@ -216,12 +216,17 @@ def test_one_tiny_run_end_to_end(script, vox_like, tmp_path, capsys):
     tiny = ["--override=--config.train.num_epochs=1", "--override=--config.train.steps_per_epoch=3",
             "--override=--config.train.val_samples=4", "--override=--config.train.batch_size=8"]
     argv = ["--runs", str(root), "--data_dir", str(vox_like), "--models", "gru", "--horizons", "6-6",
-            "--seeds", "0", "--eval_samples", "4", "--max_runs", "1", *tiny]
+            "--seeds", "0", "--eval_samples", "4", "--max_runs", "1", "--results", str(tmp_path / "kept"), *tiny]
     assert script.main(argv) == 0
     out = capsys.readouterr().out
     assert "[1/3] gru 6-6 sel_id10284 seed0: done in" in out and "--max_runs" in out
     wd = root / "gru" / "6-6" / "sel_id10284" / "seed0"
     assert script.training_finished(str(wd))
+    kept = tmp_path / "kept" / "gru" / "6-6" / "sel_id10284" / "seed0"
+    for name in ("test.json", "test_single.json", "config.json"):  # kept without this machine's paths
+        text = (kept / name).read_text()
+        assert str(root) not in text and "<runs>" in text, name
+    assert json.loads((kept / "config.json").read_text())["data"]["dir"] == "<runs>/data/sel_id10284/train_sel"
     ev = json.loads((wd / "test.json").read_text())
     assert set(ev["clips"]) == {f"{s}#clip{i}" for s in ("id10287", "id10289") for i in range(2)}
     assert json.loads((wd / "test_single.json").read_text())["samples"] == 1
