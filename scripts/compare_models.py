@@ -1,8 +1,9 @@
 """Train and evaluate the five forecasters the same way on the shared VoxCeleb keypoints.
 
-    python scripts/compare_models.py --runs runs/compare [--data_dir ../shared/data/vox_keypoints] \
-        [--models gru vae nf vrnn grunf] [--horizons 6-6 12-12] [--seeds 0 1] [--dry_run]
-    python -m eval.compare --runs runs/compare --out runs/compare/table
+    python scripts/compare_models.py --runs runs/compare --results docs/compare \
+        [--data_dir ../shared/data/vox_keypoints] [--models gru vae nf vrnn grunf] \
+        [--horizons 6-6 12-12] [--seeds 0 1] [--dry_run]
+    python -m eval.compare --runs docs/compare --out runs/compare/table
 
 Protocol (docs/results.md, "Five forecasters compared fairly"): every model is its ``:cpu,io=shared``
 config, trained on the speakers in TRAIN_SPEAKERS only. Each speaker of SELECTION_SPEAKERS in turn is
