@@ -47,14 +47,17 @@ def get_config(arg=None):
         "activation": "tanh",
         "norm": "batch",  # batch-norm bijectors between blocks, as in the paper
         "io": common.model_io(arg.io),  # the shared input/output layer (docs/design.md)
-        "temperature": 0.85,  # of the flow's base noise when forecasting
-        "noise_persistence": 0.0,  # AR(1) base noise across forecast steps (0: fresh every step)
-        "closed_loop_weight": 0.0,  # weight of an energy score on closed-loop rollouts (0: likelihood only)
-        "mirror_samples": False,  # antithetic pairs through the damped momentum path (docs/design.md)
+        # Temperatures of the flow's base noise in turn when forecasting (a scale mixture): tight
+        # and wide futures for each window, as the VRNN's latent_temperature.
+        "temperature": (0.2, 0.5, 1.0),
+        "noise_persistence": 0.9,  # AR(1) base noise: each sample is a path, not a random walk
+        "closed_loop_weight": 1.0,  # the energy score of closed-loop rollouts calibrates the spread
+        "mirror_samples": True,  # antithetic pairs: the samples' mean is the damped momentum path
     })
     # The model peaks on held-out speakers after a few hundred steps and then overfits the two
     # training speakers: a short schedule, validated every 100 steps, keeps the best checkpoint.
+    # It is picked with best-of-100, as the acceptance scores it.
     config.train.update(batch_size=64, num_epochs=15, steps_per_epoch=100, learning_rate=1e-3,
-                        warmup_steps=100, val_samples=32)
+                        warmup_steps=100, val_samples=100)
     config.data.augment = ("reflect",)  # half of each batch mirrored through its first frame
     return config
