@@ -251,8 +251,36 @@ def aggregate(runs: list[dict], units: str) -> dict:
                 m["seeds"][seed] = {c: _mean(v[c] for v in by_rot.values()) for c in cols}
             m["mean"] = {c: _mean(v[c] for v in m["seeds"].values()) for c in cols}
             m["sd"] = {c: _sd(v[c] for v in m["seeds"].values()) for c in cols}
+        for label, m in methods.items():
+            if label not in RUN_BASELINES:
+                m["ratios"] = baseline_ratios(m, methods)
     return {h: dict(sorted(ms.items(), key=lambda kv: _method_key(kv[0]))) for h, ms in
             sorted(out.items(), key=lambda kv: _horizon_key(kv[0]))}
+
+
+# (name, model's column, baseline, baseline's column): the comparison's bars.
+RUN_RATIOS = (
+    ("mae_single/hold_last", "mae_single", "hold_last", "mae_mean"),
+    ("mae_mean/hold_last", "mae_mean", "hold_last", "mae_mean"),
+    ("mae_best/hold_last", "mae_best", "hold_last", "mae_mean"),
+    ("energy/random_walk", "energy_score", "random_walk", "energy_score"),
+)
+
+
+def baseline_ratios(m: dict, methods: dict) -> dict[str, float]:
+    """A model's RUN_RATIOS: its mean over its (seed, rotation) cells over the baseline's mean over the
+    same cells (so a model with runs missing is compared on the speakers it was tested on)."""
+    out = {}
+    for name, col, base, base_col in RUN_RATIOS:
+        ours, theirs = [], []
+        for seed, by_rot in m["per_rotation"].items():
+            for rot, v in by_rot.items():
+                b = methods.get(base, {}).get("per_rotation", {}).get(seed, {}).get(rot)
+                if b is not None:
+                    ours.append(v[col])
+                    theirs.append(b[base_col])
+        out[name] = _mean(ours) / _mean(theirs) if ours and _mean(theirs) else float("nan")
+    return out
 
 
 def _method_key(label: str):
@@ -281,6 +309,14 @@ def runs_markdown(agg: dict, units: str) -> str:
             cells = [label, str(len(m["seeds"])), "/".join(map(str, counts))]
             cells += [_cell(m["mean"][c], m["sd"][c]) for c, _ in RUN_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Against the baselines, on the same rotations and seeds (below 1 beats the baseline):"]
+    head = ["horizon", "model"] + [name.replace("/", " / ") for name, *_ in RUN_RATIOS]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for horizon, methods in agg.items():
+        for label, m in methods.items():
+            if "ratios" in m:
+                cells = [horizon, label] + [_cell(m["ratios"][name], float("nan")) for name, *_ in RUN_RATIOS]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

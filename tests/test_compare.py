@@ -183,6 +183,13 @@ def test_compare_runs_matches_an_independent_computation(tmp_path, capsys):
     assert result["horizons"]["6-6"]["hold_last"]["mean"]["mae_mean"] == pytest.approx(0.12)
     assert result["horizons"]["6-6"]["hold_last"]["mean"]["apd_mae"] is None
     assert list(result["horizons"]["6-6"]) == ["vrnn", "hold_last", "random_walk"]
+    # The bars: the model's means over the baselines' on the same runs (random walk: 0.8 x 0.3 x scale).
+    ratios = vrnn["ratios"]
+    assert ratios["mae_mean/hold_last"] == pytest.approx(0.125 / 0.12)
+    assert ratios["mae_single/hold_last"] == pytest.approx(0.25 / 0.12)
+    assert ratios["mae_best/hold_last"] == pytest.approx(0.0625 / 0.12)
+    assert ratios["energy/random_walk"] == pytest.approx(0.1 / (0.8 * 0.3 * 1.25))
+    assert "| 6-6 | vrnn | 2.083 | 1.042 | 0.5208 | 0.3333 |" in printed
     assert "| vrnn | 2 | 1 | 0.25 ± 0.071 | 0.125 ± 0.035 |" in printed
     assert "linear" not in printed
 
