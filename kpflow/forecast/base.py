@@ -160,7 +160,8 @@ class Forecaster:
 
     # -- sampling -------------------------------------------------------------------------------
     def _vmapped(self, variables: Variables, fn: Callable, inputs: jnp.ndarray, rng: jax.Array, num_samples: int,
-                 temperatures: jnp.ndarray | None = None):
+                 temperatures: jnp.ndarray | None = None, raw: bool = True):
+        """``fn`` vmapped over ``num_samples`` keys -> ``[S, B, M, D]`` raw (scaled units if not ``raw``)."""
         scaler = self.scaler_of(variables)
         mvars = self._module_variables(variables)
         z = scaler.transform(inputs)
@@ -170,7 +171,7 @@ class Forecaster:
             return self.module.apply(mvars, z, scaler.step_scale, *tau, rngs={"sample": key}, method=fn)
 
         out = jax.vmap(one)(keys) if temperatures is None else jax.vmap(one)(keys, temperatures)  # [S, B, M, D]
-        return scaler.inverse(out)
+        return scaler.inverse(out) if raw else out
 
     def sample(self, variables: Variables, context: jnp.ndarray, horizon: int, rng: jax.Array, num_samples: int = 1):
         """``context [B, N, D]`` raw -> closed-loop samples ``[S, B, M, D]`` raw."""
@@ -184,7 +185,7 @@ class Forecaster:
         # Antithetic pairs (see _two_phase): half the draws, and their images through the centre path.
         scaler = self.scaler_of(variables)
         z = scaler.transform(context)
-        draws = scaler.transform(self._vmapped(variables, fn, context, rng, (num_samples + 1) // 2))
+        draws = self._vmapped(variables, fn, context, rng, (num_samples + 1) // 2, raw=False)
         center = self.module.apply(self._module_variables(variables), z, horizon, scaler.step_scale,
                                    method=type(self.module).context_mirror_center)
         return scaler.inverse(self._with_mirror_images(draws, center, z, num_samples))
