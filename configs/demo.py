@@ -14,11 +14,12 @@ What the demo takes from ``configs/<model>_vox.py:cpu`` (so a change there reach
 setting of the model but its sizes, the augmentation and the training loop. What it changes:
 synthetic data, a short schedule and narrower networks (:data:`NARROWER`, sizes only).
 
-Hardware and time: ``make demo`` took 7 min 56 s on a 2-core CPU shared with other work
-(2026-12-04), its 5-minute FOMM included; this config trained the VRNN in 29 s and the GRU-NF in
-9 s (800 steps). Result of that run on the 4 test clips' keypoints (20 windows at 6-6; mean /
-hold-last, best-of-100 / hold-last, energy score / random walk): VRNN 0.809 / 0.568 / 0.827,
-GRU-NF 0.861 / 0.712 / 0.896. The demo shows the system working end to end on easy generated
+Hardware and time: ``make demo`` took 14 min 27 s on a 2-core CPU shared with three forecaster
+trainings (2026-12-05), its 5-minute FOMM included (800 steps per forecaster). Result of that run
+on the 4 test clips' keypoints (20 windows at 6-6; mean / hold-last, best-of-100 / hold-last,
+energy score / random walk): VRNN 0.854 / 0.644 / 0.897, GRU-NF 0.829 / 0.798 / 0.872. The FOMM
+trains for 5 minutes of wall time, so a busier machine gives it fewer steps and the keypoints, and
+these numbers, change with it. The demo shows the system working end to end on easy generated
 scenes; these numbers say nothing about real talking heads (configs/vrnn_vox.py has the VRNN's on
 real keypoints).
 """
