@@ -264,6 +264,16 @@ def check_noise(model: str, temperature: float, persistence: float) -> None:
         raise ValueError(f"{model}: noise_persistence must be in [0, 1) (an AR(1) coefficient), got {persistence!r}")
 
 
+def as_temperatures(value):
+    """A temperature field as a module keeps it: a number, or a tuple of several (a scale mixture).
+    A list (a config read back from JSON) becomes a tuple, as module fields must be hashable, and
+    one entry is one temperature; the caller checks the values (an empty tuple stays empty)."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(float(t) for t in value)
+        return value[0] if len(value) == 1 else value
+    return value
+
+
 def cycle_temperatures(temperature, num_draws: int):
     """``[num_draws]`` sampling temperatures of a scale mixture (``temperature`` a tuple), draw i at
     entry ``i % len``; None when ``temperature`` is one number (every draw at it)."""

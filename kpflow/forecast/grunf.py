@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from kpflow.forecast.base import (
     ar1_noise,
+    as_temperatures,
     bound_forecast_frame,
     check_frame_bound,
     check_noise,
@@ -82,11 +83,9 @@ class GRUNFForecaster(IOForecastModule):
 
     def __post_init__(self):
         check_frame_bound("grunf", self.frame_bound)  # at construction: a bad config fails in one line
-        temps = self.temperature
-        if isinstance(temps, (list, tuple)):  # a list read back from JSON; fields must be hashable
-            temps = tuple(float(t) for t in temps) or (None,)
-            object.__setattr__(self, "temperature", temps[0] if len(temps) == 1 else temps)
-        for tau in temps if isinstance(temps, tuple) else (temps,):
+        temps = as_temperatures(self.temperature)
+        object.__setattr__(self, "temperature", temps)
+        for tau in temps if isinstance(temps, tuple) and temps else (temps,):  # () is refused as itself
             check_noise("grunf", tau, self.noise_persistence)
         super().__post_init__()
 

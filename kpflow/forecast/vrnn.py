@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from kpflow.forecast.base import (
+    as_temperatures,
     bound_forecast_frame,
     check_frame_bound,
     cycle_temperatures,
@@ -159,12 +160,8 @@ class VRNNForecaster(IOForecastModule):
 
     def __post_init__(self):
         # Checked at construction, so a bad config fails in one line before anything is traced.
-        temps = self.latent_temperature
-        if isinstance(temps, (list, tuple)):
-            # A list (a config read back from JSON) becomes a tuple, as module fields must be
-            # hashable; one entry is one temperature.
-            temps = tuple(float(t) for t in temps)
-            object.__setattr__(self, "latent_temperature", temps[0] if len(temps) == 1 else temps)
+        temps = as_temperatures(self.latent_temperature)
+        object.__setattr__(self, "latent_temperature", temps)
         values = temps if isinstance(temps, tuple) else (temps,)
         if not values or not all(t > 0 for t in values):
             raise ValueError(f"vrnn: latent_temperature must be > 0 (or a non-empty tuple of such), got {temps}")
