@@ -49,8 +49,9 @@ def get_config(arg=None):
         "io": common.model_io(arg.io),  # the shared input/output layer (docs/design.md)
         # Temperatures of the flow's base noise in turn when forecasting (a scale mixture): tight
         # and wide futures for each window, as the VRNN's latent_temperature.
-        "temperature": (0.2, 0.5, 1.0),
+        "temperature": (0.3, 0.8, 1.5),
         "noise_persistence": 0.9,  # AR(1) base noise: each sample is a path, not a random walk
+        "noise_rank": 8,  # each step's innovation in the 8 principal axes of the training steps
         "closed_loop_weight": 1.0,  # the energy score of closed-loop rollouts calibrates the spread
         "mirror_samples": True,  # antithetic pairs: the samples' mean is the damped momentum path
     })

@@ -184,6 +184,8 @@ WRONG = {
                    "config.model.hidden must be an integer >= 1, got 3.5"),
     "text learning rate": (train_lib, lambda: _forecaster(train={"learning_rate": "1e-3"}),
                            "config.train.learning_rate must be a number > 0, got '1e-3'"),
+    "negative noise rank": (train_lib, lambda: _forecaster(model={"noise_rank": -1}),
+                            "config.model.noise_rank must be an integer >= 0, got -1"),
     "number as flag": (train_lib, lambda: _forecaster(model={"residual": 1}), "config.model.residual must be a boolean, got 1"),
     "number as io flag": (train_lib, lambda: _forecaster(model={"io": {**_forecaster().model.io.to_dict(), "momentum": 1}}),
                           "config.model.io.momentum must be a boolean, got 1"),

@@ -18,6 +18,7 @@ function form of ``nn.scan``, so they share parameters.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from kpflow.forecast.base import (
@@ -31,6 +32,9 @@ from kpflow.forecast.base import (
 from kpflow.forecast.flows import ConditionalRealNVP
 from kpflow.forecast.io import IOForecastModule, IOLayer
 from kpflow.forecast.scoring import closed_loop_energy
+
+# Running average of the heads' second moment (``noise_rank``): about the last 100 training steps.
+HEAD_MOMENT_MOMENTUM = 0.99
 
 
 class GRUNFForecaster(IOForecastModule):
@@ -54,6 +58,16 @@ class GRUNFForecaster(IOForecastModule):
         conditional is the model's; a sample's steps share a direction, so it is a path rather
         than a random walk (what best-of-S rewards). The closed-loop training term rolls out with
         the same noise.
+      noise_rank: the rank r of each forecast step's innovation (0, or D and above: full rank, the
+        papers' sampler).
+        A sampled head is the flow's zero-noise head plus the principal-axes part of what the noise
+        adds: ``f(0) + U_r U_r^T (f(tau e) - f(0))``, with ``U_r`` the r leading eigenvectors of
+        the training heads' second moment (a running average in ``batch_stats``, as the
+        batch-norm's statistics). Each sample is then a path in the few directions keypoints move
+        together (head motion), without the per-coordinate jitter that the flow also models, as
+        the VRNN's deterministic decoder on a 16-dimensional latent: best-of-S rewards that. The
+        likelihood is unchanged; sampling, the closed-loop training term and the teacher-forced
+        protocol use the same sampler.
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
         :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only: the
@@ -72,6 +86,7 @@ class GRUNFForecaster(IOForecastModule):
     closed_loop_samples: int = 8
     temperature: float | tuple[float, ...] = 1.0
     noise_persistence: float = 0.0
+    noise_rank: int = 0
     frame_bound: float | None = 4.0
 
     supports_teacher_forcing = True
@@ -87,6 +102,9 @@ class GRUNFForecaster(IOForecastModule):
         object.__setattr__(self, "temperature", temps)
         for tau in temps if isinstance(temps, tuple) and temps else (temps,):  # () is refused as itself
             check_noise("grunf", tau, self.noise_persistence)
+        rank = self.noise_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"grunf: noise_rank must be an integer >= 0 (0: full rank), got {rank!r}")
         super().__post_init__()
 
     def setup(self):
@@ -97,6 +115,40 @@ class GRUNFForecaster(IOForecastModule):
             activation=self.activation, norm=self.norm, name="flow",
         )
         self.setup_momentum()
+        if self._low_rank:
+            # Second moment of the training heads, a running average (HEAD_MOMENT_MOMENTUM).
+            self.head_moment = self.variable("batch_stats", "head_moment", lambda: jnp.eye(self.dim, dtype=jnp.float32))
+
+    @property
+    def _low_rank(self) -> bool:
+        return 0 < self.noise_rank < self.dim
+
+    def _track_head_moment(self, heads, train: bool) -> None:
+        """Fold ``heads [N, D]`` into the running second moment (set from them at initialisation)."""
+        if not self._low_rank or not (train or self.is_initializing()):
+            return
+        moment = jax.lax.stop_gradient(heads.T @ heads / heads.shape[0])
+        if self.is_initializing():
+            self.head_moment.value = moment
+        else:
+            m = HEAD_MOMENT_MOMENTUM
+            self.head_moment.value = m * self.head_moment.value + (1 - m) * moment
+
+    def _noise_basis(self):
+        """``[D, r]``: the leading eigenvectors of the heads' second moment; None at full rank."""
+        if not self._low_rank:
+            return None
+        _, vectors = jnp.linalg.eigh(self.head_moment.value)  # ascending eigenvalues
+        return vectors[:, -self.noise_rank:]
+
+    def _sample_head(self, noise, top, basis):
+        """The flow's head for base ``noise [B, D]`` given ``top [B, H]``, its innovation kept to the
+        span of ``basis [D, r]`` (None: all of it)."""
+        head = self.flow.forward(noise, top)
+        if basis is None:
+            return head
+        center = self.flow.forward(jnp.zeros_like(noise), top)
+        return center + ((head - center) @ basis) @ basis.T
 
     # -- pieces ---------------------------------------------------------------------------------
     def _gru_step(self, carry, frame, prev, anchor, step_scale):
@@ -136,6 +188,7 @@ class GRUNFForecaster(IOForecastModule):
         cond = tops[:, :-1].reshape(b * (t - 1), -1)
         heads = self.io.frames_to_heads(x, 1, scale, self.momentum_coefficients())  # [B, T-1, D]
         heads = heads.reshape(b * (t - 1), d)
+        self._track_head_moment(heads, train)
         nll = -jnp.mean(self.flow.log_prob(heads, cond, train=train)) / d
         metrics = {"nll": nll}
         loss = nll
@@ -160,12 +213,13 @@ class GRUNFForecaster(IOForecastModule):
                    "temperature (Forecaster.sample and teacher_forced do)")
             raise ValueError(msg)  # noqa: TRY004
         rho = self.noise_persistence
+        basis = self._noise_basis()
 
         def body(mdl, carry, inputs):
             state, top, prev, last_step, eps = carry
             noise = mdl.flow.base_noise(eps.shape[:-1])
             eps = ar1_noise(noise, eps, rho)
-            head = mdl.flow.forward(tau * eps, top)
+            head = mdl._sample_head(tau * eps, top, basis)
             frame = mdl.io.head_to_frame(prev, head, step_scale, mdl.momentum_shift(last_step))
             frame = bound_forecast_frame(frame, last_observed, bound)
             fed = frame if inputs is None else inputs

@@ -91,6 +91,7 @@ MODEL_FIELDS = {
     "temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),  # the GRU-NF takes a mixture
     "latent_temperature": Rule(float, 0, low_open=True, form=checks.ONE_OR_LIST),
     **dict.fromkeys(("latent_persistence", "noise_persistence"), Rule(float, 0, 1, high_open=True)),  # AR(1)
+    "noise_rank": COUNT_OR_ZERO,  # the GRU-NF's innovation rank (0: full)
     **dict.fromkeys(("deterministic", "fresh_forecast_latent", "equivariant", "mirror_samples",
                      "conditional_prior", "sample_noise", "embed_inputs", "position_features"), FLAG),
     # The shared input/output layer (kpflow.forecast.io).
