@@ -6,7 +6,7 @@ r"""The demo: a model's ``:cpu`` config, shrunk to train in a minute or two on a
 
 The argument names the model (vrnn by default; any of gru, vae, nf, vrnn, grunf) and may add
 ``horizon=N-M`` and ``io=shared`` or ``io=plain`` (the input/output layer; by default the model's
-``:cpu`` one: shared for vrnn and grunf, plain for gru, vae and nf). No files needed: the clips are regenerated from ``config.data.synthetic``.
+``:cpu`` one, shared). No files needed: the clips are regenerated from ``config.data.synthetic``.
 ``make demo`` (scripts/demo.sh) trains the VRNN and the GRU-NF with it on the keypoints a tiny FOMM
 extracted from generated videos (``--config.data.kind=npz --config.data.dir=...``).
 

@@ -106,9 +106,9 @@ def test_config_loads_and_validates_with_each_documented_argument(stem):
             assert config.variant == ("cpu" if arg and "cpu" in arg else "paper")
             if arg is None:  # the default horizon is the first of the papers'
                 assert config.horizon == common.HORIZONS[dataset][0]
-            # The input/output layer of the option, else the model's default (shared for the VRNN
-            # and GRU-NF, whose :cpu models had it all along; plain for the others).
-            preset = arg.split("io=")[1] if arg and "io=" in arg else ("shared" if model in ("vrnn", "grunf") else "plain")
+            # The input/output layer of the option, else the shared one (every model's default;
+            # plain is the papers' original, by option only).
+            preset = arg.split("io=")[1] if arg and "io=" in arg else "shared"
             assert config.model.io.to_dict() == common.model_io(preset).to_dict()
 
 
