@@ -14,16 +14,16 @@ Validation: the held-out speakers id10284, id10287 and id10289; id10283 and id10
     python -m eval.forecast --workdir runs/grunf_12-12 --data_dir ../shared/data/vox_keypoints \
         --split val --out runs/grunf_12-12/eval_val.json
 
-Hardware and time: a 2-core CPU (AMD EPYC, Zen 4) shared with two other trainings, 9 min at 6-6
-and 17 min at 12-12, evaluation included (2026-12-05).
+Hardware and time: a 2-core CPU (AMD EPYC, Zen 4) shared with another training, 8 min at 6-6 and
+15 min at 12-12 for the 1,500 steps and their validations (2026-12-05).
 
-Result (docs/results.md, "Keypoint forecasting on held-out speakers"; 100 closed-loop samples per window of the held-out speakers): mean /
-hold-last, best-of-100 / hold-last and energy score / random walk, where below 1 beats the
-baseline:
-    6-6    0.961 / 0.886 / 0.936
-    12-12  0.973 / 0.948 / 1.000
-Behind the VRNN (configs/vrnn_vox.py) in best-of-100 at 12-12: the flow's noise is independent per
-coordinate, where the VRNN's latent moves all keypoints together.
+Result (docs/results.md, "Keypoint forecasting on held-out speakers"; 100 closed-loop samples per
+window of the held-out speakers): mean / hold-last, best-of-100 / hold-last and energy score /
+random walk, where below 1 beats the baseline:
+    6-6    0.962 / 0.847 / 0.955
+    12-12  0.975 / 0.864 / 0.994
+On speakers that neither trained nor selected the checkpoint (docs/results.md, "Five forecasters
+compared fairly"), see the comparison's table.
 Not trained here: 6-24, and the papers' sizes (no ``cpu``).
 """
 
