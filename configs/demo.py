@@ -14,10 +14,10 @@ What the demo takes from ``configs/<model>_vox.py:cpu`` (so a change there reach
 setting of the model but its sizes, the augmentation and the training loop. What it changes:
 synthetic data, a short schedule and narrower networks (:data:`NARROWER`, sizes only).
 
-Hardware and time: ``make demo`` took 14 min 27 s on a 2-core CPU shared with three forecaster
-trainings (2026-12-05), its 5-minute FOMM included (800 steps per forecaster). Result of that run
+Hardware and time: ``make demo`` took 10 min 30 s on a 2-core CPU shared with one forecaster
+training (2026-12-05), its 5-minute FOMM included (800 steps per forecaster). Result of that run
 on the 4 test clips' keypoints (20 windows at 6-6; mean / hold-last, best-of-100 / hold-last,
-energy score / random walk): VRNN 0.854 / 0.644 / 0.897, GRU-NF 0.829 / 0.798 / 0.872. The FOMM
+energy score / random walk): VRNN 0.834 / 0.559 / 0.841, GRU-NF 0.812 / 0.603 / 0.812. The FOMM
 trains for 5 minutes of wall time, so a busier machine gives it fewer steps and the keypoints, and
 these numbers, change with it. The demo shows the system working end to end on easy generated
 scenes; these numbers say nothing about real talking heads (configs/vrnn_vox.py has the VRNN's on

@@ -23,7 +23,9 @@ random walk, where below 1 beats the baseline:
     6-6    0.962 / 0.847 / 0.955
     12-12  0.975 / 0.864 / 0.994
 On speakers that neither trained nor selected the checkpoint (docs/results.md, "Five forecasters
-compared fairly"), see the comparison's table.
+compared fairly": mean over 3 speaker rotations x 2 training seeds):
+    6-6    0.981 / 0.876 / 0.965
+    12-12  0.986 / 0.878 / 1.000
 Not trained here: 6-24, and the papers' sizes (no ``cpu``).
 """
 
