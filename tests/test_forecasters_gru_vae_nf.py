@@ -74,6 +74,19 @@ def _sampler(key):
     return jax.jit(f.sample, static_argnames=("horizon", "num_samples"))
 
 
+def test_a_point_gru_ignores_mirror_samples():
+    # A shared-layer config mirrors samples; a deterministic GRU's samples stay its point forecast
+    # (mirrored, they would be pairs about the damped momentum path).
+    _, _, v, _, _ = _trained("gru_point")
+    name, hparams = CONFIGS["gru_point"]
+    f = forecast.create(name, dim=D, num_observed=N, horizon=M, **hparams, mirror_samples=True)
+    assert f.module.mirror_samples is False
+    context = _data()[2][:5, :N]
+    s = jax.jit(f.sample, static_argnames=("horizon", "num_samples"))(v, context, horizon=M, rng=jax.random.PRNGKey(1),
+                                                                       num_samples=S)
+    np.testing.assert_allclose(s, np.broadcast_to(f.point_forecast(v, context, M), s.shape), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("key", list(CONFIGS))
 def test_training_lowers_the_loss(key):
     _, _, _, initial, final = _trained(key)

@@ -62,7 +62,8 @@ class GRUForecaster(IOForecastModule):
     Attributes (besides dim, num_observed, horizon and ``io``, the shared input/output layer;
     without it, :data:`~kpflow.forecast.io.PLAIN`):
       hidden: GRU width; num_layers: stacked GRU cells.
-      deterministic: point forecaster trained with MSE (samples are the mean).
+      deterministic: point forecaster trained with MSE (samples are the mean; ``mirror_samples``
+        is then off, as there are no draws to mirror).
       frame_bound: closed-loop frames stay within this many training standard deviations of the
         training mean, per dimension (or as far as the last observed frame, if farther;
         :func:`~kpflow.forecast.base.bound_forecast_frame`); None: unbounded. Sampling only.
@@ -84,6 +85,8 @@ class GRUForecaster(IOForecastModule):
     def __post_init__(self):
         check_frame_bound("gru", self.frame_bound)  # at construction: a bad config fails in one line
         check_noise("gru", self.temperature, self.noise_persistence)
+        if self.deterministic:  # a point forecast has no draws to mirror: its samples stay that forecast
+            object.__setattr__(self, "mirror_samples", False)
         super().__post_init__()
 
     def setup(self):
