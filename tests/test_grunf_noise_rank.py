@@ -31,6 +31,11 @@ def _data():
     return windows, CausalScaler.fit(list(clips.values()))
 
 
+def _without_moment(v):
+    """A low-rank model's variables as the full-rank model with the same parameters takes them."""
+    return {k: v[k] for k in ("params", "scaler")} | {"batch_stats": {"flow": v["batch_stats"]["flow"]}}
+
+
 def test_each_steps_innovation_lies_in_the_principal_axes():
     # A second moment whose two leading axes are dimensions 1 and 7: a sample's first forecast step
     # then differs from the point forecast in those two dimensions only (the window's scale and the
@@ -47,7 +52,7 @@ def test_each_steps_innovation_lies_in_the_principal_axes():
     assert set(np.flatnonzero(moved > 1e-5)) == {1, 7}
 
     full = _create()  # the same parameters, full-rank noise
-    fv = {k: v[k] for k in ("params", "scaler")} | {"batch_stats": {"flow": v["batch_stats"]["flow"]}}
+    fv = _without_moment(v)
     first = np.asarray(quick_jit(full.sample, static_argnames=("horizon", "num_samples"))(
         fv, windows[:, :N], horizon=M, rng=jax.random.PRNGKey(1), num_samples=5))[:, :, 0]
     assert (np.abs(first - point).max(axis=(0, 1)) > 1e-5).all()
@@ -75,7 +80,7 @@ def test_the_likelihood_is_the_full_rank_models_and_the_closed_loop_term_is_not(
     windows, scaler = _data()
     low = _create(noise_rank=2, closed_loop_weight=1.0)
     v = low.init(jax.random.PRNGKey(0), windows, scaler)
-    full_v = {k: v[k] for k in ("params", "scaler")} | {"batch_stats": {"flow": v["batch_stats"]["flow"]}}
+    full_v = _without_moment(v)
     _, low_metrics = low.loss(v, windows, jax.random.PRNGKey(3), train=False)
     _, full_metrics = _create(closed_loop_weight=1.0).loss(full_v, windows, jax.random.PRNGKey(3), train=False)
     assert float(low_metrics["nll"]) == pytest.approx(float(full_metrics["nll"]), rel=1e-6)
